@@ -1,0 +1,294 @@
+"""One TOML file plus environment overrides, validated up front.
+
+Validation happens at start so that a typo in ``finechat.toml`` fails with the name of the bad
+key instead of surfacing later as a confusing runtime error. Secrets (bot tokens) are never
+read from the TOML file itself: only from the environment or from a file the TOML points to,
+and they are kept in :class:`Secret` so that ``repr`` and logging never reveal them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from core.errors import ConfigError
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` (so never in logs)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which GGUF to serve and how to load it.
+
+    ``path`` wins over ``repo``/``file``; with neither, the bundled SmolLM2 is used.
+    """
+
+    path: str = ""
+    repo: str = ""
+    file: str = ""
+    revision: str = ""
+    n_ctx: int = 4096
+    n_threads: int = 0
+    n_batch: int = 256
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Default sampling settings; a conversation may override them."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    repeat_penalty: float = 1.1
+    max_tokens: int = 512
+    seed: int = -1
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """Conversation rules shared by every front-end."""
+
+    system_prompt: str = "You are a helpful, concise assistant."
+    max_input_chars: int = 16000
+    history_turns: int = 200
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    path: str = "finechat.sqlite"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 7860
+    root_path: str = ""
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    enabled: bool = True
+    token_file: str = ""
+    token: Secret = field(default_factory=lambda: Secret(""))
+
+
+@dataclass(frozen=True)
+class TelegramConfig:
+    enabled: bool = True
+    token_file: str = ""
+    token: Secret = field(default_factory=lambda: Secret(""))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; every section has working defaults."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
+    telegram: TelegramConfig = field(default_factory=TelegramConfig)
+
+
+#: Keys that may only come from the environment or a token file, never from TOML.
+_SECRET_KEYS = {("discord", "token"), ("telegram", "token")}
+#: Environment variables that hold secrets, per section.
+TOKEN_ENV = {"discord": "DISCORD_BOT_TOKEN", "telegram": "TELEGRAM_BOT_TOKEN"}
+#: Shorthand environment overrides (besides the generic FINECHAT_SECTION__KEY form).
+_ENV_SHORTCUTS = {
+    "FINECHAT_MODEL": ("model", "path"),
+    "FINECHAT_DB": ("database", "path"),
+}
+
+
+def _coerce(value: Any, target: Any, where: str) -> Any:
+    """Convert TOML/env values to the dataclass field type, or name the key that is wrong."""
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        }:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if target is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if target is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if target is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: cannot be set here")
+
+
+def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
+    hints = get_type_hints(type(section_obj))
+    known = {f.name for f in fields(section_obj)}
+    updates: dict[str, Any] = {}
+    for key, raw in values.items():
+        where = f"{section}.{key}"
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
+        if (section, key) in _SECRET_KEYS:
+            env = TOKEN_ENV[section]
+            raise ConfigError(
+                f"{where}: tokens are not read from the config file; set {env} or {section}.token_file"
+            )
+        updates[key] = _coerce(raw, hints[key], where)
+    return replace(section_obj, **updates)
+
+
+def _validate(cfg: Config) -> None:
+    checks: list[tuple[bool, str]] = [
+        (cfg.model.n_ctx >= 256, "model.n_ctx: must be at least 256"),
+        (cfg.model.n_threads >= 0, "model.n_threads: must be >= 0 (0 = automatic)"),
+        (cfg.model.n_batch >= 8, "model.n_batch: must be at least 8"),
+        (0.0 <= cfg.generation.temperature <= 5.0, "generation.temperature: must be in [0, 5]"),
+        (0.0 < cfg.generation.top_p <= 1.0, "generation.top_p: must be in (0, 1]"),
+        (cfg.generation.top_k >= 0, "generation.top_k: must be >= 0"),
+        (cfg.generation.max_tokens >= 1, "generation.max_tokens: must be >= 1"),
+        (
+            cfg.generation.max_tokens < cfg.model.n_ctx,
+            "generation.max_tokens: must be smaller than model.n_ctx",
+        ),
+        (cfg.chat.max_input_chars >= 1, "chat.max_input_chars: must be >= 1"),
+        (cfg.chat.history_turns >= 1, "chat.history_turns: must be >= 1"),
+        (0 < cfg.web.port < 65536, "web.port: must be a TCP port (1-65535)"),
+        (bool(cfg.database.path), "database.path: must not be empty"),
+        (
+            not (cfg.model.repo and not cfg.model.file),
+            "model.file: required when model.repo is set",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _read_token(section: str, token_file: str, env: Mapping[str, str]) -> Secret:
+    value = env.get(TOKEN_ENV[section], "").strip()
+    if value:
+        return Secret(value)
+    if token_file:
+        try:
+            return Secret(Path(token_file).expanduser().read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ConfigError(
+                f"{section}.token_file: cannot read {token_file!r} ({exc.strerror})"
+            ) from None
+    return Secret("")
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Build the configuration from defaults, an optional TOML file, then the environment.
+
+    Environment overrides use ``FINECHAT_<SECTION>__<KEY>`` (e.g. ``FINECHAT_MODEL__N_CTX=2048``),
+    plus the shortcuts ``FINECHAT_MODEL`` and ``FINECHAT_DB``.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is None and env.get("FINECHAT_CONFIG"):
+        path = env["FINECHAT_CONFIG"]
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"config file {str(p)!r}: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {str(p)!r}: not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(p)!r}: invalid TOML ({exc})") from None
+
+    cfg = Config()
+    sections = {f.name for f in fields(cfg)}
+    for name, values in data.items():
+        if name not in sections:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted(sections))})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{name}: must be a table ([{name}])")
+        cfg = replace(cfg, **{name: _apply(getattr(cfg, name), values, name)})
+
+    overrides: dict[str, dict[str, str]] = {}
+    for var, value in env.items():
+        if var in _ENV_SHORTCUTS:
+            sec, key = _ENV_SHORTCUTS[var]
+            overrides.setdefault(sec, {})[key] = value
+        elif var.startswith("FINECHAT_") and "__" in var:
+            sec, _, key = var[len("FINECHAT_") :].lower().partition("__")
+            if sec not in sections:
+                raise ConfigError(f"{var}: unknown section {sec!r}")
+            overrides.setdefault(sec, {})[key] = value
+    for sec, values in overrides.items():
+        cfg = replace(cfg, **{sec: _apply(getattr(cfg, sec), values, f"{sec}")})
+
+    cfg = replace(
+        cfg,
+        discord=replace(cfg.discord, token=_read_token("discord", cfg.discord.token_file, env)),
+        telegram=replace(cfg.telegram, token=_read_token("telegram", cfg.telegram.token_file, env)),
+    )
+    _validate(cfg)
+    return cfg
+
+
+def with_overrides(cfg: Config, **sections: Mapping[str, Any]) -> Config:
+    """Apply command-line overrides (already typed) through the same validation."""
+    for sec, values in sections.items():
+        clean = {k: v for k, v in values.items() if v is not None}
+        if clean:
+            cfg = replace(cfg, **{sec: _apply(getattr(cfg, sec), clean, sec)})
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,352 @@
+"""Per-user conversation memory in one SQLite file (WAL), through aiosqlite.
+
+A *key* names whose memory it is and always starts with the platform
+(``telegram:chat:user``, ``discord:channel:user``, ``web:login``, ``cli:name``), because the
+same numeric id on two platforms is two different people. Messages form a tree through
+``parent_id``: a turn continues from its parent, so reply chains (and regenerated answers)
+are branches rather than overwrites. A reset ends the active conversation but deletes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from core.errors import FinechatError
+from core.template import Role
+
+_MIGRATIONS: list[str] = [
+    # v1: conversations, messages (a tree through parent_id), per-key profiles.
+    """
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        ended_at REAL
+    );
+    CREATE INDEX conversations_key ON conversations(key, id);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+        text TEXT NOT NULL,
+        tokens INTEGER,
+        parent_id INTEGER REFERENCES messages(id) ON DELETE SET NULL,
+        platform_message_id TEXT,
+        model TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX messages_conversation ON messages(conversation_id, id);
+    CREATE INDEX messages_platform_id ON messages(platform_message_id);
+    CREATE TABLE profiles (
+        key TEXT PRIMARY KEY,
+        persona TEXT,
+        settings TEXT NOT NULL DEFAULT '{}',
+        updated_at REAL NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class StoreError(FinechatError):
+    """The memory database cannot be opened or used."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One stored message."""
+
+    id: int
+    conversation_id: int
+    role: Role
+    text: str
+    tokens: int | None
+    parent_id: int | None
+    created_at: float
+    platform_message_id: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    persona: str | None
+    settings: dict[str, Any]
+
+
+def platform_of(key: str) -> str:
+    platform, sep, rest = key.partition(":")
+    if not sep or not platform or not rest:
+        raise ValueError(f"conversation key {key!r} must look like 'platform:id'")
+    return platform
+
+
+def _turn(row: Iterable[Any]) -> Turn:
+    return Turn(*row)
+
+
+_TURN_COLUMNS = (
+    "id, conversation_id, role, text, tokens, parent_id, created_at, platform_message_id, model"
+)
+
+_M_TURN_COLUMNS = ", ".join("m." + c.strip() for c in _TURN_COLUMNS.split(","))
+
+
+class MemoryStore:
+    """The SQLite store. Open with ``await MemoryStore.open(path)``; close with ``aclose``."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str | Path) -> MemoryStore:
+        path = str(path)
+        db: aiosqlite.Connection | None = None
+        try:
+            if path != ":memory:":
+                await asyncio.to_thread(_ensure_parent, path)
+            db = await aiosqlite.connect(path)
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            store = cls(db, path)
+            await store._migrate()
+        except Exception as exc:  # sqlite3.DatabaseError and OSError alike
+            if db is not None:
+                await db.close()  # its worker thread would otherwise keep the process alive
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot open memory database {path!r}: {exc}") from None
+        return store
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema v{version} is newer than this finechat (v{SCHEMA_VERSION})"
+            )
+        for target in range(version, SCHEMA_VERSION):
+            await self._db.executescript(
+                "BEGIN;\n" + _MIGRATIONS[target] + f"\nPRAGMA user_version={target + 1};\nCOMMIT;"
+            )
+
+    async def aclose(self) -> None:
+        await self._db.close()
+
+    async def schema_version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- conversations ---------------------------------------------------------------------
+
+    async def active_conversation(self, key: str, *, create: bool = True) -> int | None:
+        """The id of ``key``'s current conversation (created on first use)."""
+        platform = platform_of(key)
+        async with self._db.execute(
+            "SELECT id FROM conversations WHERE key = ? AND ended_at IS NULL"
+            " ORDER BY id DESC LIMIT 1",
+            (key,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row:
+            return int(row[0])
+        if not create:
+            return None
+        cur2 = await self._db.execute(
+            "INSERT INTO conversations (key, platform, created_at) VALUES (?, ?, ?)",
+            (key, platform, time.time()),
+        )
+        await self._db.commit()
+        assert cur2.lastrowid is not None
+        return int(cur2.lastrowid)
+
+    async def reset(self, key: str) -> bool:
+        """End the active conversation; history stays on disk. True if one was active."""
+        cur = await self._db.execute(
+            "UPDATE conversations SET ended_at = ? WHERE key = ? AND ended_at IS NULL",
+            (time.time(), key),
+        )
+        await self._db.commit()
+        return (cur.rowcount or 0) > 0
+
+    async def conversation_key(self, conversation_id: int) -> str | None:
+        async with self._db.execute(
+            "SELECT key FROM conversations WHERE id = ?", (conversation_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def add_message(
+        self,
+        key: str,
+        role: Role,
+        text: str,
+        *,
+        tokens: int | None = None,
+        parent_id: int | None = None,
+        conversation_id: int | None = None,
+        platform_message_id: str | None = None,
+        model: str | None = None,
+    ) -> Turn:
+        """Append one message, committed before returning."""
+        if conversation_id is None:
+            conversation_id = await self.active_conversation(key)
+        now = time.time()
+        cur = await self._db.execute(
+            "INSERT INTO messages (conversation_id, role, text, tokens, parent_id,"
+            " platform_message_id, model, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (conversation_id, role, text, tokens, parent_id, platform_message_id, model, now),
+        )
+        await self._db.commit()
+        assert cur.lastrowid is not None and conversation_id is not None
+        return Turn(
+            int(cur.lastrowid),
+            conversation_id,
+            role,
+            text,
+            tokens,
+            parent_id,
+            now,
+            platform_message_id,
+            model,
+        )
+
+    async def get_message(self, message_id: int) -> Turn | None:
+        async with self._db.execute(
+            f"SELECT {_TURN_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return _turn(row) if row else None
+
+    async def find_by_platform_id(self, key_prefix: str, platform_message_id: str) -> Turn | None:
+        """A message by its platform id, limited to conversations whose key starts with the prefix."""
+        async with self._db.execute(
+            f"SELECT {_M_TURN_COLUMNS} "
+            "FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE m.platform_message_id = ? AND c.key LIKE ? ESCAPE '\\' ORDER BY m.id DESC LIMIT 1",
+            (platform_message_id, _like_prefix(key_prefix)),
+        ) as cur:
+            row = await cur.fetchone()
+        return _turn(row) if row else None
+
+    async def set_platform_message_id(self, message_id: int, platform_message_id: str) -> None:
+        await self._db.execute(
+            "UPDATE messages SET platform_message_id = ? WHERE id = ?",
+            (platform_message_id, message_id),
+        )
+        await self._db.commit()
+
+    async def leaf(self, conversation_id: int) -> Turn | None:
+        """The newest message of a conversation: where the next turn continues by default."""
+        async with self._db.execute(
+            f"SELECT {_TURN_COLUMNS} FROM messages WHERE conversation_id = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (conversation_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return _turn(row) if row else None
+
+    async def chain(self, message_id: int, limit: int = 1000) -> list[Turn]:
+        """The path from the root to ``message_id`` (oldest first), at most ``limit`` messages."""
+        sql = f"""
+            WITH RECURSIVE path(id, depth) AS (
+                SELECT id, 0 FROM messages WHERE id = ?
+                UNION ALL
+                SELECT m.parent_id, p.depth + 1 FROM messages m JOIN path p ON m.id = p.id
+                WHERE m.parent_id IS NOT NULL AND p.depth + 1 < ?
+            )
+            SELECT {_M_TURN_COLUMNS}
+            FROM path JOIN messages m ON m.id = path.id ORDER BY path.depth DESC
+        """
+        async with self._db.execute(sql, (message_id, limit)) as cur:
+            rows = await cur.fetchall()
+        return [_turn(r) for r in rows]
+
+    async def history(self, key: str, limit: int = 1000) -> list[Turn]:
+        """The active conversation of ``key`` along its current branch, oldest first."""
+        conv = await self.active_conversation(key, create=False)
+        if conv is None:
+            return []
+        leaf = await self.leaf(conv)
+        return [] if leaf is None else await self.chain(leaf.id, limit)
+
+    async def all_messages(self, key: str) -> list[Turn]:
+        """Every stored message of ``key`` across all its conversations (for export and audits)."""
+        async with self._db.execute(
+            f"SELECT {_M_TURN_COLUMNS} "
+            "FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE c.key = ? ORDER BY m.id",
+            (key,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_turn(r) for r in rows]
+
+    async def stats(self, key: str) -> dict[str, int]:
+        async with self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(m.tokens), 0), "
+            "COALESCE(SUM(m.role = 'assistant'), 0) FROM messages m "
+            "JOIN conversations c ON c.id = m.conversation_id WHERE c.key = ?",
+            (key,),
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return {"messages": int(row[0]), "tokens": int(row[1]), "replies": int(row[2])}
+
+    # -- profiles --------------------------------------------------------------------------
+
+    async def get_profile(self, key: str) -> Profile:
+        async with self._db.execute(
+            "SELECT persona, settings FROM profiles WHERE key = ?", (key,)
+        ) as cur:
+            row = await cur.fetchone()
+        if not row:
+            return Profile(None, {})
+        return Profile(row[0], json.loads(row[1] or "{}"))
+
+    async def set_persona(self, key: str, persona: str | None) -> None:
+        platform_of(key)
+        await self._db.execute(
+            "INSERT INTO profiles (key, persona, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET persona = excluded.persona,"
+            " updated_at = excluded.updated_at",
+            (key, persona, time.time()),
+        )
+        await self._db.commit()
+
+    async def update_settings(self, key: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge ``settings`` into the key's generation settings (``None`` removes a setting)."""
+        platform_of(key)
+        current = (await self.get_profile(key)).settings
+        merged = {k: v for k, v in {**current, **settings}.items() if v is not None}
+        await self._db.execute(
+            "INSERT INTO profiles (key, settings, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET settings = excluded.settings,"
+            " updated_at = excluded.updated_at",
+            (key, json.dumps(merged), time.time()),
+        )
+        await self._db.commit()
+        return merged
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _ensure_parent(path: str) -> None:
+    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,44 @@
+"""Assemble the core from a configuration: model, engine, memory store, chat service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from core.config import Config
+from core.engine import LlamaEngine
+from core.memory import MemoryStore
+from core.model_source import ModelSpec, resolve_model
+from core.service import ChatService
+
+log = logging.getLogger("finechat")
+
+
+async def load_engine(config: Config) -> LlamaEngine:
+    """Resolve and load the configured model off the event loop."""
+    spec = ModelSpec.from_config(config.model)
+    path = await asyncio.to_thread(resolve_model, spec)
+    log.info("loading model %s", spec.label)
+    return await asyncio.to_thread(
+        LlamaEngine.load,
+        path,
+        n_ctx=config.model.n_ctx,
+        n_threads=config.model.n_threads,
+        n_batch=config.model.n_batch,
+    )
+
+
+@asynccontextmanager
+async def open_service(config: Config) -> AsyncIterator[ChatService]:
+    """The chat service with its engine and store, closed in reverse order on exit."""
+    store = await MemoryStore.open(config.database.path)
+    try:
+        engine = await load_engine(config)
+        try:
+            yield ChatService(engine, store, chat=config.chat, generation=config.generation)
+        finally:
+            await engine.aclose()
+    finally:
+        await store.aclose()

@@ -1,0 +1,351 @@
+"""The chat service: the one object every front-end calls.
+
+It ties memory, prompt building and the engine together and keeps the rules that must hold
+whatever the platform: one reply in flight per conversation, the user's turn committed before
+generation, the assistant's only once the reply completes (a cancelled or failed reply leaves
+no half turn), and errors that are safe to show to a person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from core.config import ChatConfig, GenerationConfig
+from core.engine import Engine, FinishReason, GenerationRequest, SamplingParams
+from core.errors import ConversationBusy, EngineUnavailable, InvalidInput
+from core.memory import MemoryStore, Turn, platform_of
+from core.prompt import build_prompt
+from core.template import Message
+from core.textcheck import clean_user_text
+
+log = logging.getLogger("finechat.service")
+
+MAX_PERSONA_CHARS = 4000
+SETTING_KEYS = {f.name for f in fields(SamplingParams)}
+
+
+@dataclass(frozen=True)
+class Started:
+    """Sent once the prompt is built and queued."""
+
+    user_message_id: int
+    prompt_tokens: int
+    dropped_turns: int
+    queue_position: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    text: str
+    finish_reason: FinishReason
+    message_id: int | None
+    """The stored assistant message, or None when nothing was stored (cancelled, empty)."""
+    user_message_id: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    dropped_turns: int
+    ttft_seconds: float | None
+    total_seconds: float
+
+
+ReplyEvent = Started | Delta | Done
+
+
+def _sampling_from(config: GenerationConfig) -> SamplingParams:
+    return SamplingParams(**{f.name: getattr(config, f.name) for f in fields(SamplingParams)})
+
+
+def validate_settings(settings: Mapping[str, Any], *, n_ctx: int) -> dict[str, Any]:
+    """Check user-supplied generation settings; raise InvalidInput naming the bad one."""
+    clean: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key not in SETTING_KEYS:
+            raise InvalidInput(
+                f"Unknown setting {key!r} (known: {', '.join(sorted(SETTING_KEYS))})."
+            )
+        if value is None:
+            clean[key] = None
+            continue
+        try:
+            num: float = int(value) if key in {"top_k", "max_tokens", "seed"} else float(value)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"Setting {key} must be a number, not {value!r}.") from None
+        ok = {
+            "temperature": 0 <= num <= 5,
+            "top_p": 0 < num <= 1,
+            "top_k": num >= 0,
+            "repeat_penalty": 0 < num <= 5,
+            "max_tokens": 1 <= num < n_ctx,
+            "seed": True,
+        }[key]
+        if not ok:
+            raise InvalidInput(f"Setting {key}={value} is out of range.")
+        clean[key] = num
+    return clean
+
+
+class ChatService:
+    """Reply, reset, persona, settings, history and cancel for any conversation key."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: MemoryStore,
+        *,
+        chat: ChatConfig | None = None,
+        generation: GenerationConfig | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.chat_config = chat or ChatConfig()
+        self.defaults = _sampling_from(generation or GenerationConfig())
+        self._inflight: dict[str, asyncio.Event] = {}
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.info.name
+
+    # -- replying --------------------------------------------------------------------------
+
+    async def reply(
+        self,
+        key: str,
+        text: str | bytes,
+        *,
+        parent_id: int | None = None,
+        platform_message_id: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[ReplyEvent]:
+        """Answer ``text`` in ``key``'s conversation, streaming :class:`ReplyEvent` s.
+
+        ``parent_id`` continues from an older message (a reply chain branch); by default the
+        turn continues the newest message of the active conversation. Raises
+        :class:`FinechatError` subclasses for anything the user should be told.
+        """
+        platform_of_key(key)
+        clean = clean_user_text(text, max_chars=self.chat_config.max_input_chars)
+        cancel = self._claim(key)
+        try:
+            async for event in self._reply_locked(
+                key, clean, parent_id, platform_message_id, settings, cancel
+            ):
+                yield event
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _reply_locked(
+        self,
+        key: str,
+        text: str,
+        parent_id: int | None,
+        platform_message_id: str | None,
+        settings: Mapping[str, Any] | None,
+        cancel: asyncio.Event,
+    ) -> AsyncIterator[ReplyEvent]:
+        conversation, parent = await self._resolve_parent(key, parent_id)
+        n_user = len(await self.engine.tokenize(text))
+        user_turn = await self.store.add_message(
+            key,
+            "user",
+            text,
+            tokens=n_user,
+            parent_id=parent.id if parent else None,
+            conversation_id=conversation,
+            platform_message_id=platform_message_id,
+        )
+        async for event in self._generate(key, user_turn, settings, cancel):
+            yield event
+
+    async def retry(
+        self, key: str, *, settings: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[ReplyEvent]:
+        """Generate a new answer to the last user message; the old answer stays as a branch."""
+        platform_of_key(key)
+        cancel = self._claim(key)
+        try:
+            history = await self.store.history(key, limit=2)
+            user_turn = next((t for t in reversed(history) if t.role == "user"), None)
+            if user_turn is None:
+                raise InvalidInput("There is nothing to retry yet.")
+            async for event in self._generate(key, user_turn, settings, cancel):
+                yield event
+        finally:
+            self._inflight.pop(key, None)
+
+    def _claim(self, key: str) -> asyncio.Event:
+        if key in self._inflight:
+            raise ConversationBusy(
+                "I'm still answering your previous message — send /cancel to stop it."
+            )
+        cancel = asyncio.Event()
+        self._inflight[key] = cancel
+        return cancel
+
+    async def _resolve_parent(self, key: str, parent_id: int | None) -> tuple[int, Turn | None]:
+        if parent_id is None:
+            conversation = await self.store.active_conversation(key)
+            assert conversation is not None
+            return conversation, await self.store.leaf(conversation)
+        parent = await self.store.get_message(parent_id)
+        if parent is None:
+            raise InvalidInput("The message you replied to is no longer in my memory.")
+        conv_key = await self.store.conversation_key(parent.conversation_id)
+        if conv_key != key:
+            raise InvalidInput("That message belongs to another conversation.")
+        return parent.conversation_id, parent
+
+    async def _generate(
+        self,
+        key: str,
+        user_turn: Turn,
+        settings: Mapping[str, Any] | None,
+        cancel: asyncio.Event,
+    ) -> AsyncIterator[ReplyEvent]:
+        profile = await self.store.get_profile(key)
+        sampling = await self.sampling_for(key, settings, profile.settings)
+        chain = await self.store.chain(user_turn.id, limit=self.chat_config.history_turns)
+        system = profile.persona if profile.persona is not None else self.chat_config.system_prompt
+        budget = self.engine.info.n_ctx - sampling.max_tokens
+        built = await build_prompt(
+            system_prompt=system,
+            history=[Message(t.role, t.text) for t in chain],
+            turn_tokens=[t.tokens for t in chain],
+            budget=budget,
+            encode=self.engine.encode_messages,
+        )
+        stream = self.engine.generate(GenerationRequest(key, built.tokens, sampling))
+        yield Started(user_turn.id, len(built.tokens), built.dropped_turns, stream.queue_position)
+        watcher = asyncio.create_task(_cancel_when(cancel, stream.cancel))
+        try:
+            async for piece in stream:
+                yield Delta(piece)
+        finally:
+            watcher.cancel()
+        result = stream.result
+        if result is None:  # pragma: no cover - streams always finish with a result
+            raise EngineUnavailable("The model stopped without an answer. Please try again.")
+        text = result.text.strip()
+        message_id: int | None = None
+        if result.finish_reason != "cancelled" and text:
+            turn = await self.store.add_message(
+                key,
+                "assistant",
+                text,
+                tokens=result.completion_tokens,
+                parent_id=user_turn.id,
+                conversation_id=user_turn.conversation_id,
+                model=self.model_name,
+            )
+            message_id = turn.id
+        log.info(
+            "turn done platform=%s reason=%s prompt=%d cached=%d out=%d ttft=%.3f total=%.3f",
+            platform_of(key),
+            result.finish_reason,
+            result.prompt_tokens,
+            result.cached_tokens,
+            result.completion_tokens,
+            result.ttft_seconds or 0.0,
+            result.total_seconds,
+        )
+        yield Done(
+            text=text,
+            finish_reason=result.finish_reason,
+            message_id=message_id,
+            user_message_id=user_turn.id,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            cached_tokens=result.cached_tokens,
+            dropped_turns=built.dropped_turns,
+            ttft_seconds=result.ttft_seconds,
+            total_seconds=result.total_seconds,
+        )
+
+    async def ask(self, key: str, text: str | bytes, **kwargs: Any) -> Done:
+        """Reply without streaming: the final :class:`Done`."""
+        done: Done | None = None
+        async for event in self.reply(key, text, **kwargs):
+            if isinstance(event, Done):
+                done = event
+        if done is None:  # pragma: no cover
+            raise EngineUnavailable("The model stopped without an answer. Please try again.")
+        return done
+
+    # -- conversation controls -------------------------------------------------------------
+
+    def cancel(self, key: str) -> bool:
+        """Stop the reply in flight for ``key``; True if there was one."""
+        event = self._inflight.get(key)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def busy(self, key: str) -> bool:
+        return key in self._inflight
+
+    async def reset(self, key: str) -> bool:
+        """Start a new conversation; the old one stays on disk."""
+        platform_of_key(key)
+        self.cancel(key)
+        return await self.store.reset(key)
+
+    async def history(self, key: str, limit: int = 1000) -> list[Turn]:
+        platform_of_key(key)
+        return await self.store.history(key, limit)
+
+    async def get_persona(self, key: str) -> str:
+        profile = await self.store.get_profile(key)
+        return profile.persona if profile.persona is not None else self.chat_config.system_prompt
+
+    async def set_persona(self, key: str, persona: str | None) -> None:
+        """Set the key's system prompt; ``None`` or empty restores the default."""
+        platform_of_key(key)
+        if persona is not None:
+            persona = (
+                clean_user_text(persona, max_chars=MAX_PERSONA_CHARS) if persona.strip() else None
+            )
+        await self.store.set_persona(key, persona)
+
+    async def update_settings(self, key: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+        platform_of_key(key)
+        clean = validate_settings(settings, n_ctx=self.engine.info.n_ctx)
+        return await self.store.update_settings(key, clean)
+
+    async def sampling_for(
+        self,
+        key: str,
+        overrides: Mapping[str, Any] | None = None,
+        stored: Mapping[str, Any] | None = None,
+    ) -> SamplingParams:
+        if stored is None:
+            stored = (await self.store.get_profile(key)).settings
+        merged = {**{k: v for k, v in stored.items() if k in SETTING_KEYS}}
+        if overrides:
+            merged.update(validate_settings(overrides, n_ctx=self.engine.info.n_ctx))
+        return replace(self.defaults, **{k: v for k, v in merged.items() if v is not None})
+
+    async def stats(self, key: str) -> dict[str, Any]:
+        platform_of_key(key)
+        return {**await self.store.stats(key), "model": self.model_name}
+
+
+def platform_of_key(key: str) -> str:
+    try:
+        return platform_of(key)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+async def _cancel_when(event: asyncio.Event, action: Any) -> None:
+    await event.wait()
+    action()
