@@ -163,6 +163,16 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    origin = getattr(target, "__origin__", None)
+    if origin in (list, tuple):
+        (item_type,) = {a for a in target.__args__ if a is not Ellipsis}
+        items = value
+        if isinstance(value, str):  # environment: comma-separated
+            items = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        out = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(items)]
+        return tuple(out) if origin is tuple else out
     if target is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

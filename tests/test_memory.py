@@ -96,5 +96,8 @@ async def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
 async def test_settings_merge(store: MemoryStore) -> None:
     key = "cli:x"
     assert await store.update_settings(key, {"temperature": 0.2}) == {"temperature": 0.2}
-    assert await store.update_settings(key, {"max_tokens": 9}) == {"temperature": 0.2, "max_tokens": 9}
+    assert await store.update_settings(key, {"max_tokens": 9}) == {
+        "temperature": 0.2,
+        "max_tokens": 9,
+    }
     assert await store.update_settings(key, {"temperature": None}) == {"max_tokens": 9}
