@@ -334,6 +334,19 @@ class ChatService:
             merged.update(validate_settings(overrides, n_ctx=self.engine.info.n_ctx))
         return replace(self.defaults, **{k: v for k, v in merged.items() if v is not None})
 
+    def available_models(self) -> list[str]:
+        """Names of the models a conversation may choose (one until several are configured)."""
+        return [self.model_name]
+
+    async def set_model(self, key: str, name: str) -> None:
+        """Choose the model for ``key``'s conversation (admin commands and the web arena)."""
+        platform_of_key(key)
+        if name not in self.available_models():
+            raise InvalidInput(
+                f"Unknown model {name!r}. Available: {', '.join(self.available_models())}."
+            )
+        await self.store.update_settings(key, {"model": name})
+
     async def stats(self, key: str) -> dict[str, Any]:
         platform_of_key(key)
         return {**await self.store.stats(key), "model": self.model_name}
