@@ -84,8 +84,8 @@ async def run_frontends(
             done, _ = await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
             stop_task.cancel()
             for task in done:
-                if task in tasks:
-                    failed = failed or _report(tasks[task], task)
+                if task in tasks and not (stop.is_set() and _finished_cleanly(task)):
+                    failed = _report(tasks[task], task) or failed
     finally:
         ready_task.cancel()
         stop.set()
@@ -95,6 +95,10 @@ async def run_frontends(
                 failed = True
                 log.error("front-end %s failed while stopping: %s", tasks[task].name, result)
     return 1 if failed else 0
+
+
+def _finished_cleanly(task: asyncio.Task[None]) -> bool:
+    return task.cancelled() or task.exception() is None
 
 
 async def _wait(event: asyncio.Event) -> None:
