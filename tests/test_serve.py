@@ -14,12 +14,14 @@ class FakeFrontend:
     fail_on_start: bool = False
     crash_after_start: bool = False
     events: list[str] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event) -> None:
         self.events.append("start")
         if self.fail_on_start:
             raise RuntimeError("bad token")
         ready.set()
+        self.started.set()
         try:
             if self.crash_after_start:
                 await asyncio.sleep(0)
@@ -33,8 +35,7 @@ async def test_clean_stop_returns_zero() -> None:
     a, b = FakeFrontend("a"), FakeFrontend("b")
     stop = asyncio.Event()
     task = asyncio.create_task(run_frontends([a, b], stop))
-    while not (a.events and b.events):
-        await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(a.started.wait(), b.started.wait()), 10)
     stop.set()
     assert await task == 0
     assert a.events == b.events == ["start", "stopped"]
