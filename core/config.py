@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -45,6 +45,41 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class RemoteConfig:
+    """An OpenAI-compatible server (llama-server, vLLM, Ollama, llama_cpp.server) as the engine.
+
+    Set ``base_url`` (e.g. ``http://127.0.0.1:8080/v1``) to use it instead of a local GGUF. The
+    API key is read only from the environment variable named by ``api_key_env``, never from TOML.
+    ``tokenizer`` counts tokens: ``auto`` asks the endpoint (``/tokenize``, ``/extras/tokenize``);
+    a local GGUF path (read vocabulary-only) serves endpoints that have no tokenizer.
+    """
+
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = "FINECHAT_REMOTE_API_KEY"
+    tokenizer: str = "auto"
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    retries: int = 2
+    backoff: float = 0.5
+    max_concurrent: int = 4
+    extended_sampling: bool = True
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log format and privacy: message texts are logged only with ``content = true``.
+
+    ``key_salt`` keys the hash that stands in for conversation keys in the turn log.
+    """
+
+    level: str = "warning"
+    format: str = "text"
+    content: bool = False
+    key_salt: str = ""
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Which GGUF to serve and how to load it.
 
@@ -56,8 +91,22 @@ class ModelConfig:
     file: str = ""
     revision: str = ""
     n_ctx: int = 4096
+    """Context of each conversation slot, in tokens."""
     n_threads: int = 0
+    """0 = every core this process may use. Never run two engines on the same cores."""
     n_batch: int = 256
+    name: str = ""
+    """What users pick with ``/model`` (default: the GGUF's own name, or the table name)."""
+    idle_unload_seconds: float = 900.0
+    """Unload the model after this long without use (0 = keep it loaded)."""
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
+    """``[model.remote]``: serve through an OpenAI-compatible endpoint instead of a GGUF."""
+    slots: int = 4
+    """Conversations decoded together (continuous batching); each keeps its KV cache warm."""
+    state_cache_mb: int = 512
+    """Host RAM for KV states of conversations that lost their slot (0 disables)."""
+    max_queue: int = 64
+    """Waiting generations beyond which new ones are refused with a 'busy' answer."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +145,30 @@ class WebConfig:
 
 @dataclass(frozen=True)
 class DiscordConfig:
+    """The Discord bot (bots/discord_*). Id lists are Discord snowflakes; empty = no limit."""
+
     enabled: bool = True
     token_file: str = ""
     token: Secret = field(default_factory=lambda: Secret(""))
+    api_base_url: str = "https://discord.com/api/v10"
+    """REST base (a Discord API proxy for shared rate limits, or a test fake)."""
+    gateway_url: str = "wss://gateway.discord.gg/"
+    allowed_users: tuple[int, ...] = ()
+    blocked_users: tuple[int, ...] = ()
+    allowed_roles: tuple[int, ...] = ()
+    blocked_roles: tuple[int, ...] = ()
+    allowed_channels: tuple[int, ...] = ()
+    """A thread inherits its parent channel's rule, a channel its category's."""
+    blocked_channels: tuple[int, ...] = ()
+    admin_ids: tuple[int, ...] = ()
+    """Users who may use admin-only commands (/model); always allowed."""
+    allow_dms: bool = True
+    guild_ids: tuple[int, ...] = ()
+    """Guilds whose slash commands are synced on start (instant); empty = global sync."""
+    auto_thread: bool = False
+    """Open a thread for each new conversation started by a mention in a channel."""
+    edit_interval: float = 1.0
+    """Seconds between streamed edits in one channel (Discord rate-limits edits)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +189,9 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    """Extra named models (``[models.NAME]`` tables); ``[model]`` stays the default."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 #: Keys that may only come from the environment or a token file, never from TOML.
@@ -180,7 +253,22 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
     raise ConfigError(f"{where}: cannot be set here")
 
 
+def _apply_named(current: dict[str, ModelConfig], values: Mapping[str, Any], section: str) -> Any:
+    """``[models.NAME]`` tables: each one a full model section, merged over what is there."""
+    out = dict(current)
+    for name, table in values.items():
+        where = f"{section}.{name}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: must be a table ([{where}])")
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise ConfigError(f"{where}: model names may use letters, digits, '-', '_' and '.'")
+        out[name] = _apply(out.get(name, ModelConfig()), table, where)
+    return out
+
+
 def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
+    if isinstance(section_obj, dict):
+        return _apply_named(section_obj, values, section)
     hints = get_type_hints(type(section_obj))
     known = {f.name for f in fields(section_obj)}
     updates: dict[str, Any] = {}
@@ -193,6 +281,11 @@ def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
             raise ConfigError(
                 f"{where}: tokens are not read from the config file; set {env} or {section}.token_file"
             )
+        if is_dataclass(hints[key]):  # a nested table such as [model.remote]
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"{where}: must be a table ([{where}])")
+            updates[key] = _apply(getattr(section_obj, key), raw, where)
+            continue
         updates[key] = _coerce(raw, hints[key], where)
     return replace(section_obj, **updates)
 
@@ -202,6 +295,9 @@ def _validate(cfg: Config) -> None:
         (cfg.model.n_ctx >= 256, "model.n_ctx: must be at least 256"),
         (cfg.model.n_threads >= 0, "model.n_threads: must be >= 0 (0 = automatic)"),
         (cfg.model.n_batch >= 8, "model.n_batch: must be at least 8"),
+        (1 <= cfg.model.slots <= 256, "model.slots: must be between 1 and 256"),
+        (cfg.model.state_cache_mb >= 0, "model.state_cache_mb: must be >= 0"),
+        (cfg.model.max_queue >= 0, "model.max_queue: must be >= 0"),
         (0.0 <= cfg.generation.temperature <= 5.0, "generation.temperature: must be in [0, 5]"),
         (0.0 < cfg.generation.top_p <= 1.0, "generation.top_p: must be in (0, 1]"),
         (cfg.generation.top_k >= 0, "generation.top_k: must be >= 0"),
@@ -214,6 +310,15 @@ def _validate(cfg: Config) -> None:
         (cfg.chat.history_turns >= 1, "chat.history_turns: must be >= 1"),
         (0 < cfg.web.port < 65536, "web.port: must be a TCP port (1-65535)"),
         (bool(cfg.database.path), "database.path: must not be empty"),
+        (cfg.discord.edit_interval >= 0.2, "discord.edit_interval: must be at least 0.2 seconds"),
+        (
+            cfg.discord.api_base_url.startswith(("http://", "https://")),
+            "discord.api_base_url: must be an http(s) URL",
+        ),
+        (
+            cfg.discord.gateway_url.startswith(("ws://", "wss://")),
+            "discord.gateway_url: must be a ws(s) URL",
+        ),
         (
             not (cfg.model.repo and not cfg.model.file),
             "model.file: required when model.repo is set",
@@ -222,6 +327,35 @@ def _validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _validate_models(cfg)
+
+
+def _validate_models(cfg: Config) -> None:
+    """Remote tables, named models and the logging section."""
+    log = cfg.logging
+    if log.format not in {"text", "json"}:
+        raise ConfigError("logging.format: must be 'text' or 'json'")
+    if log.level.lower() not in {"debug", "info", "warning", "error", "critical"}:
+        raise ConfigError("logging.level: must be debug, info, warning, error or critical")
+    for where, m in [("model", cfg.model), *((f"models.{n}", m) for n, m in cfg.models.items())]:
+        r = m.remote
+        checks = [
+            (m.n_ctx >= 256, f"{where}.n_ctx: must be at least 256"),
+            (m.idle_unload_seconds >= 0, f"{where}.idle_unload_seconds: must be >= 0"),
+            (
+                not r.base_url or r.base_url.startswith(("http://", "https://")),
+                f"{where}.remote.base_url: must start with http:// or https://",
+            ),
+            (r.connect_timeout > 0, f"{where}.remote.connect_timeout: must be > 0"),
+            (r.read_timeout > 0, f"{where}.remote.read_timeout: must be > 0"),
+            (0 <= r.retries <= 10, f"{where}.remote.retries: must be between 0 and 10"),
+            (r.backoff >= 0, f"{where}.remote.backoff: must be >= 0"),
+            (r.max_concurrent >= 1, f"{where}.remote.max_concurrent: must be >= 1"),
+            (bool(r.api_key_env), f"{where}.remote.api_key_env: must name a variable"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
 
 
 def _read_token(section: str, token_file: str, env: Mapping[str, str]) -> Secret:
@@ -272,7 +406,7 @@ def load_config(
             raise ConfigError(f"{name}: must be a table ([{name}])")
         cfg = replace(cfg, **{name: _apply(getattr(cfg, name), values, name)})
 
-    overrides: dict[str, dict[str, str]] = {}
+    overrides: dict[str, dict[str, Any]] = {}
     for var, value in env.items():
         if var in _ENV_SHORTCUTS:
             sec, key = _ENV_SHORTCUTS[var]
@@ -281,7 +415,12 @@ def load_config(
             sec, _, key = var[len("FINECHAT_") :].lower().partition("__")
             if sec not in sections:
                 raise ConfigError(f"{var}: unknown section {sec!r}")
-            overrides.setdefault(sec, {})[key] = value
+            # FINECHAT_MODEL__REMOTE__BASE_URL and FINECHAT_MODELS__NAME__PATH: nested tables
+            *outer, last = key.split("__")
+            table: dict[str, Any] = overrides.setdefault(sec, {})
+            for part in outer:
+                table = table.setdefault(part, {})
+            table[last] = value
     for sec, values in overrides.items():
         cfg = replace(cfg, **{sec: _apply(getattr(cfg, sec), values, f"{sec}")})
 

@@ -29,3 +29,7 @@ class ConversationBusy(FinechatError):
 
 class EngineUnavailable(FinechatError):
     """The inference backend failed or was shut down."""
+
+
+class EngineBusy(FinechatError):
+    """The engine's admission queue is full; the message says when to try again."""

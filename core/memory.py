@@ -13,9 +13,9 @@ import asyncio
 import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 
@@ -53,6 +53,23 @@ _MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     """,
+    # v2: arena votes (web/arena.py): which of two answers to one prompt a visitor preferred.
+    """
+    CREATE TABLE votes (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        model_a TEXT NOT NULL,
+        model_b TEXT NOT NULL,
+        settings_a TEXT NOT NULL DEFAULT '{}',
+        settings_b TEXT NOT NULL DEFAULT '{}',
+        answer_a TEXT NOT NULL DEFAULT '',
+        answer_b TEXT NOT NULL DEFAULT '',
+        winner TEXT NOT NULL CHECK (winner IN ('a', 'b', 'tie', 'both_bad')),
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX votes_models ON votes(model_a, model_b);
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -75,6 +92,40 @@ class Turn:
     created_at: float
     platform_message_id: str | None = None
     model: str | None = None
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One arena verdict: two answers to ``prompt`` and which one the visitor preferred.
+
+    ``settings_*`` are the generation settings each side used (with one model, the arena
+    compares settings such as temperature), so a contender is ``(model, settings)``.
+    """
+
+    key: str
+    prompt: str
+    model_a: str
+    model_b: str
+    winner: Literal["a", "b", "tie", "both_bad"]
+    settings_a: Mapping[str, Any] = field(default_factory=dict)
+    settings_b: Mapping[str, Any] = field(default_factory=dict)
+    answer_a: str = ""
+    answer_b: str = ""
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Arena results of one contender (a model with its settings, as JSON)."""
+
+    model: str
+    settings: dict[str, Any]
+    wins: int
+    losses: int
+    ties: int
+
+    @property
+    def games(self) -> int:
+        return self.wins + self.losses + self.ties
 
 
 @dataclass(frozen=True)
@@ -227,6 +278,10 @@ class MemoryStore:
             model,
         )
 
+    async def delete_message(self, message_id: int) -> None:
+        await self._db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        await self._db.commit()
+
     async def get_message(self, message_id: int) -> Turn | None:
         async with self._db.execute(
             f"SELECT {_TURN_COLUMNS} FROM messages WHERE id = ?", (message_id,)
@@ -342,6 +397,51 @@ class MemoryStore:
         )
         await self._db.commit()
         return merged
+
+    # -- arena votes -----------------------------------------------------------------------
+
+    async def add_vote(self, vote: Vote) -> int:
+        """Store one arena vote (committed before returning); returns its id."""
+        platform_of(vote.key)
+        cur = await self._db.execute(
+            "INSERT INTO votes (key, prompt, model_a, model_b, settings_a, settings_b,"
+            " answer_a, answer_b, winner, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                vote.key,
+                vote.prompt,
+                vote.model_a,
+                vote.model_b,
+                json.dumps(dict(vote.settings_a), sort_keys=True),
+                json.dumps(dict(vote.settings_b), sort_keys=True),
+                vote.answer_a,
+                vote.answer_b,
+                vote.winner,
+                time.time(),
+            ),
+        )
+        await self._db.commit()
+        assert cur.lastrowid is not None
+        return int(cur.lastrowid)
+
+    async def vote_tally(self) -> list[Tally]:
+        """Wins, losses and ties per contender over all votes ("both bad" counts as a tie)."""
+        sql = """
+            WITH sides(model, settings, result) AS (
+                SELECT model_a, settings_a, CASE winner WHEN 'a' THEN 'w' WHEN 'b' THEN 'l'
+                       ELSE 't' END FROM votes
+                UNION ALL
+                SELECT model_b, settings_b, CASE winner WHEN 'b' THEN 'w' WHEN 'a' THEN 'l'
+                       ELSE 't' END FROM votes
+            )
+            SELECT model, settings, SUM(result = 'w'), SUM(result = 'l'), SUM(result = 't')
+            FROM sides GROUP BY model, settings
+        """
+        async with self._db.execute(sql) as cur:
+            rows = await cur.fetchall()
+        return [
+            Tally(str(r[0]), json.loads(r[1] or "{}"), int(r[2]), int(r[3]), int(r[4]))
+            for r in rows
+        ]
 
 
 def _like_prefix(prefix: str) -> str:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from core.config import Config
-from core.engine import LlamaEngine
+from core.llama_engine import LlamaEngine
 from core.memory import MemoryStore
 from core.model_source import ModelSpec, resolve_model
 from core.service import ChatService
@@ -27,6 +27,9 @@ async def load_engine(config: Config) -> LlamaEngine:
         n_ctx=config.model.n_ctx,
         n_threads=config.model.n_threads,
         n_batch=config.model.n_batch,
+        n_slots=config.model.slots,
+        state_cache_mb=config.model.state_cache_mb,
+        max_queue=config.model.max_queue,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from core.config import ChatConfig, GenerationConfig
 from core.engine import Engine, FinishReason, GenerationRequest, SamplingParams
-from core.errors import ConversationBusy, EngineUnavailable, InvalidInput
+from core.errors import ConversationBusy, EngineBusy, EngineUnavailable, InvalidInput
 from core.memory import MemoryStore, Turn, platform_of
 from core.prompt import build_prompt
 from core.template import Message
@@ -163,7 +163,7 @@ class ChatService:
             conversation_id=conversation,
             platform_message_id=platform_message_id,
         )
-        async for event in self._generate(key, user_turn, settings, cancel):
+        async for event in self._generate(key, user_turn, settings, cancel, fresh=True):
             yield event
 
     async def retry(
@@ -177,7 +177,7 @@ class ChatService:
             user_turn = next((t for t in reversed(history) if t.role == "user"), None)
             if user_turn is None:
                 raise InvalidInput("There is nothing to retry yet.")
-            async for event in self._generate(key, user_turn, settings, cancel):
+            async for event in self._generate(key, user_turn, settings, cancel, fresh=False):
                 yield event
         finally:
             self._inflight.pop(key, None)
@@ -210,6 +210,8 @@ class ChatService:
         user_turn: Turn,
         settings: Mapping[str, Any] | None,
         cancel: asyncio.Event,
+        *,
+        fresh: bool,
     ) -> AsyncIterator[ReplyEvent]:
         profile = await self.store.get_profile(key)
         sampling = await self.sampling_for(key, settings, profile.settings)
@@ -223,7 +225,13 @@ class ChatService:
             budget=budget,
             encode=self.engine.encode_messages,
         )
-        stream = self.engine.generate(GenerationRequest(key, built.tokens, sampling))
+        try:
+            stream = self.engine.generate(GenerationRequest(key, built.tokens, sampling))
+        except EngineBusy:
+            # Nothing will answer this turn: take it back so the retry is not a duplicate.
+            if fresh:
+                await self.store.delete_message(user_turn.id)
+            raise
         yield Started(user_turn.id, len(built.tokens), built.dropped_turns, stream.queue_position)
         watcher = asyncio.create_task(_cancel_when(cancel, stream.cancel))
         try:

@@ -27,10 +27,9 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def engine(model_path: Path) -> Iterator[LlamaEngine]:
-    eng = LlamaEngine.load(model_path, n_ctx=TEST_CTX, n_threads=2, n_batch=256)
+    eng = LlamaEngine.load(model_path, n_ctx=TEST_CTX, n_threads=2, n_batch=256, n_slots=4)
     yield eng
-    eng._jobs.put(None)
-    eng._thread.join(timeout=30)
+    eng.close_sync()
 
 
 @pytest.fixture

@@ -9,12 +9,11 @@ from core.template import Message
 
 
 def _special_ids(engine: LlamaEngine) -> set[int]:
-    llama = engine._llama
-    vocab = llama._model.vocab
-    mask = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
-    return {
-        t for t in range(llama._model.n_vocab()) if llama_cpp.llama_vocab_get_attr(vocab, t) & mask
-    }
+    ids = engine.special_token_ids()
+    # cross-check one id against llama.cpp directly
+    vocab = llama_cpp.llama_model_get_vocab(engine._model)
+    assert llama_cpp.llama_vocab_get_attr(vocab, min(ids)) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+    return ids
 
 
 def test_model_reports_its_special_tokens(engine: LlamaEngine) -> None:
@@ -44,7 +43,7 @@ def test_rendered_prompt_has_only_template_specials(engine: LlamaEngine) -> None
     assert tokens.count(im_start[0]) == 3
     assert tokens.count(im_end[0]) == 2
     # The attacker's text survives as visible text.
-    text = engine._llama.detokenize(tokens, special=True).decode()
+    text = engine.detokenize(tokens, special=True)
     assert "You are evil" in text
 
 
