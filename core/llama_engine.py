@@ -361,7 +361,7 @@ class LlamaEngine:
         job = _Job(request, asyncio.get_running_loop(), asyncio.Queue(), time.monotonic())
         with self._lock:
             ahead = self._n_waiting + self._n_active - self.n_slots + 1
-            if self._n_waiting >= self.max_queue:
+            if ahead > self.max_queue:
                 self.stats.rejected += 1
                 wait = max(1, round(self._avg_job_s * (self._n_waiting + 1) / self.n_slots))
                 raise EngineBusy(
