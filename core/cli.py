@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _gen_options(p)
     p.add_argument("--only", help="comma-separated front-ends to run (e.g. web,telegram)")
+    from training.cli import add_parsers as add_training_parsers  # argparse only: cheap
+
+    add_training_parsers(sub)  # train, export, export-chats
     return parser
 
 
@@ -223,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _setup_logging(args.log_level)
+        if args.command in {"train", "export", "export-chats"}:  # own --config (a run file)
+            from training.cli import run as run_training
+
+            return run_training(args)
         config = resolve_config(args)
         return asyncio.run(COMMANDS[args.command](config, args))
     except FinechatError as exc:
