@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Extras each target needs; pip only re-runs when pyproject.toml changes.
 SERVE_EXTRAS := web,discord,telegram
-TEST_EXTRAS  := dev,web,discord,telegram
+TEST_EXTRAS  := dev,web,discord,telegram,train
 ARGS ?=
 
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
@@ -22,6 +22,8 @@ $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	# torch first, pinned: the CPU wheel (otherwise the train extra pulls a multi-GB CUDA build)
+	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e '.[$(TEST_EXTRAS)]'
 	touch $@
 
