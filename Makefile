@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Extras each target needs; pip only re-runs when pyproject.toml changes.
 SERVE_EXTRAS := web,discord,telegram
-TEST_EXTRAS  := dev,web,discord,telegram,train
+TEST_EXTRAS  := dev,web,discord,telegram,eval,train
 ARGS ?=
 
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _gen_options(p)
     p.add_argument("--only", help="comma-separated front-ends to run (e.g. web,telegram)")
+
+    from training.evaluation.cli import add_parser as add_eval_parser  # argparse only: cheap
+
+    add_eval_parser(sub)
     from training.cli import add_parsers as add_training_parsers  # argparse only: cheap
 
     add_training_parsers(sub)  # train, export, export-chats
@@ -213,12 +217,19 @@ async def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     return await serve(config, only)
 
 
+async def cmd_eval(config: Config, args: argparse.Namespace) -> int:
+    from training.evaluation.cli import cmd_eval as run_eval
+
+    return await run_eval(config, args)
+
+
 COMMANDS = {
     "chat": cmd_chat,
     "ask": cmd_ask,
     "history": cmd_history,
     "reset": cmd_reset,
     "serve": cmd_serve,
+    "eval": cmd_eval,
 }
 
 

@@ -1,0 +1,144 @@
+"""``finechat eval`` as a real subprocess: the quick report on the bundled model, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.model_source import bundled_model_path
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FINECHAT_", "HF_"))}
+    env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", "eval", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def _votes_db(path: Path, model: str) -> None:
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE votes (id INTEGER PRIMARY KEY, model_a, model_b, prompt, winner)")
+    con.executemany(
+        "INSERT INTO votes (model_a, model_b, prompt, winner) VALUES (?, ?, ?, ?)",
+        [(model, "other", "q1", "a"), (model, "other", "q2", "tie"), ("other", model, "q3", "a")],
+    )
+    con.commit()
+    con.close()
+
+
+def _finite_numbers(obj: Any) -> list[float]:
+    if isinstance(obj, bool):
+        return []
+    if isinstance(obj, int | float):
+        return [float(obj)]
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _finite_numbers(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in _finite_numbers(v)]
+    return []
+
+
+@pytest.mark.slow
+def test_quick_report_on_the_bundled_model_at_two_temperatures(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    db = tmp_path / "arena.sqlite"
+    _votes_db(db, "smollm2")
+    r = run("--quick", "--out", str(out), "--db", str(db), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert f"report: {out / 'report.md'}" in r.stdout
+    assert "win rate" in r.stdout and "arena: 3 votes" in r.stdout
+
+    md = (out / "report.md").read_text()
+    for heading in (
+        "## Models",
+        "## Latency",
+        "### Held-out perplexity",
+        "### Pairwise preference (judge)",
+        "### Arena votes",
+        "## Plots",
+        "## Reproducibility",
+    ):
+        assert heading in md, heading
+    assert "T=0 " in md and "T=0.8" in md
+    assert "| smollm2 | 1 | 1 | 1 |" in md  # the votes table
+    for png in ("latency_vs_quality.png", "per_prompt_wins.png"):
+        assert f"]({png})" in md
+        data = (out / png).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+        from PIL import Image
+
+        with Image.open(out / png) as im:
+            im.verify()
+            assert im.size[0] >= 600 and im.size[1] >= 200
+
+    res = json.loads((out / "results.json").read_text())
+    assert all(math.isfinite(x) for x in _finite_numbers(res))
+    model = bundled_model_path()
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert res["settings"]["seed"] == 1234
+    assert res["environment"]["packages"]["llama_cpp_python"] != "not installed"
+    assert len(res["prompts"]["items"]) == 4
+    cold, warm = res["variants"]
+    assert (cold["sampling"]["temperature"], warm["sampling"]["temperature"]) == (0.0, 0.8)
+    for v in (cold, warm):
+        assert v["model"]["sha256"] == sha
+        assert v["model"]["size_bytes"] == model.stat().st_size
+        assert len(v["trials"]) == 2  # rounds
+        for key in ("load_s", "ttft_s", "prefill_tps", "decode_tps", "peak_rss_mib"):
+            summary = v["latency"][key]
+            assert summary["n"] > 0 and summary["median"] > 0, key
+        assert (
+            v["latency"]["peak_rss_mib"]["median"] > v["latency"]["rss_before_load_mib"]["median"]
+        )
+        assert 1 < v["perplexity"] < 1000
+        assert len(v["answers"]) == 4 and all(a.strip() for a in v["answers"])
+    assert cold["deterministic_across_rounds"] is True  # greedy + fixed seed
+    assert cold["answers"] != warm["answers"]  # the temperature really was applied
+    (pair,) = res["pairwise"]
+    assert pair["wins_first"] + pair["wins_second"] + pair["ties"] == 4
+    lo, hi = pair["ci95"]
+    assert 0 <= lo <= pair["win_rate_first"] <= hi <= 1
+    assert len(pair["items"]) == 4
+    (ppl,) = res["perplexity"]
+    assert ppl["sanity"] and all(s["greedy_ppl"] < s["shuffled_ppl"] for s in ppl["sanity"])
+    assert res["arena_votes"]["total"] == 3
+
+
+def test_bad_prompt_file_is_one_error_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"conversations": [{"from": "human", "value": "hi"}]}\n{oops\n')
+    r = run("--quick", "--prompts", str(bad), "--out", str(tmp_path / "o"), timeout=60)
+    assert r.returncode == 1
+    assert (
+        r.stderr.strip()
+        == "error: bad.jsonl line 2: not valid JSON (Expecting property name enclosed in double quotes)"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_options_are_configuration_errors(tmp_path: Path) -> None:
+    r = run("--quick", "--rounds", "0", "--out", str(tmp_path / "o"), timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: --rounds must be at least 1 (got 0)"
+    r = run("--model", str(tmp_path / "nope.gguf"), timeout=60)
+    assert r.returncode == 1 and "model file not found" in r.stderr
+    assert "Traceback" not in r.stderr
