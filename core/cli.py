@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from core.admin import cmd_forget, cmd_prune, cmd_stats
 from core.config import Config, load_config, with_overrides
 from core.errors import ConfigError, FinechatError
 from core.memory import MemoryStore
@@ -36,6 +36,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="GGUF path, or owner/repo:file.gguf from the Hugging Face hub")
     p.add_argument("--db", help="SQLite memory database (default finechat.sqlite)")
     p.add_argument("--log-level", default=None, help="debug, info, warning (default), error")
+    p.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON")
+    p.add_argument(
+        "--backend-url",
+        help="OpenAI-compatible server to answer with, e.g. http://127.0.0.1:8080/v1 "
+        "(same as [model.remote] base_url)",
+    )
 
 
 def _gen_options(p: argparse.ArgumentParser) -> None:
@@ -78,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     _gen_options(p)
     p.add_argument("--only", help="comma-separated front-ends to run (e.g. web,telegram)")
 
+    from core.admin import add_parsers as add_admin_parsers
+
+    add_admin_parsers(sub, _common)
+
     from training.evaluation.cli import add_parser as add_eval_parser  # argparse only: cheap
 
     add_eval_parser(sub)
@@ -96,6 +106,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         model["n_ctx"] = args.n_ctx
     if getattr(args, "threads", None) is not None:
         model["n_threads"] = args.threads
+    if getattr(args, "backend_url", None):
+        model["remote"] = {"base_url": args.backend_url}
     generation = {
         "temperature": getattr(args, "temperature", None),
         "top_p": getattr(args, "top_p", None),
@@ -105,11 +117,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return with_overrides(cfg, model=model, generation=generation, database={"path": args.db})
 
 
-def _setup_logging(level: str | None) -> None:
-    name = (level or os.environ.get("FINECHAT_LOG_LEVEL") or "warning").upper()
-    if name not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-        raise ConfigError(f"--log-level: unknown level {level!r}")
-    logging.basicConfig(level=name, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str | None, fmt: str | None = None) -> None:
+    from core.logs import setup_logging
+
+    setup_logging(level or os.environ.get("FINECHAT_LOG_LEVEL") or "warning", fmt or "text")
 
 
 async def _stream_to(out: Any, service: ChatService, key: str, text: str) -> Done:
@@ -229,6 +240,9 @@ COMMANDS = {
     "history": cmd_history,
     "reset": cmd_reset,
     "serve": cmd_serve,
+    "stats": cmd_stats,
+    "prune": cmd_prune,
+    "forget": cmd_forget,
     "eval": cmd_eval,
 }
 
@@ -242,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_training(args)
         config = resolve_config(args)
+        _setup_logging(  # again, now that [logging] is known: flag > env > config
+            args.log_level or os.environ.get("FINECHAT_LOG_LEVEL") or config.logging.level,
+            getattr(args, "log_format", None) or config.logging.format,
+        )
         return asyncio.run(COMMANDS[args.command](config, args))
     except FinechatError as exc:
         print(f"error: {exc}", file=sys.stderr)

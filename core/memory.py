@@ -70,6 +70,11 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX votes_models ON votes(model_a, model_b);
     """,
+    # v3: how long each answer took (``finechat stats`` shows the slowest).
+    """
+    ALTER TABLE messages ADD COLUMN latency REAL;
+    CREATE INDEX messages_created ON messages(created_at);
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -254,15 +259,27 @@ class MemoryStore:
         conversation_id: int | None = None,
         platform_message_id: str | None = None,
         model: str | None = None,
+        latency: float | None = None,
     ) -> Turn:
-        """Append one message, committed before returning."""
+        """Append one message, committed before returning (``latency``: seconds to answer)."""
         if conversation_id is None:
             conversation_id = await self.active_conversation(key)
         now = time.time()
         cur = await self._db.execute(
             "INSERT INTO messages (conversation_id, role, text, tokens, parent_id,"
-            " platform_message_id, model, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (conversation_id, role, text, tokens, parent_id, platform_message_id, model, now),
+            " platform_message_id, model, created_at, latency)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                conversation_id,
+                role,
+                text,
+                tokens,
+                parent_id,
+                platform_message_id,
+                model,
+                now,
+                latency,
+            ),
         )
         await self._db.commit()
         assert cur.lastrowid is not None and conversation_id is not None
@@ -397,6 +414,95 @@ class MemoryStore:
         )
         await self._db.commit()
         return merged
+
+    # -- data deletion and operator statistics (finechat forget / prune / stats) -------------
+
+    async def forget(self, key: str) -> int:
+        """Delete all of ``key``'s data: conversations, messages, profile, arena votes.
+
+        Returns the number of messages deleted. Deleted pages are zeroed (``secure_delete``)
+        and the WAL is truncated, so the text does not linger in the file.
+        """
+        platform_of(key)
+        await self._db.execute("PRAGMA secure_delete = ON")
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id IN"
+            " (SELECT id FROM conversations WHERE key = ?)",
+            (key,),
+        ) as cur:
+            row = await cur.fetchone()
+        await self._db.execute(
+            "DELETE FROM messages WHERE conversation_id IN"
+            " (SELECT id FROM conversations WHERE key = ?)",
+            (key,),
+        )
+        await self._db.execute("DELETE FROM conversations WHERE key = ?", (key,))
+        await self._db.execute("DELETE FROM profiles WHERE key = ?", (key,))
+        await self._db.execute("DELETE FROM votes WHERE key = ?", (key,))
+        await self._db.commit()
+        await self._checkpoint()
+        return int(row[0]) if row else 0
+
+    async def prune(self, before: float) -> tuple[int, int]:
+        """Delete conversations with no activity since ``before`` (a Unix time).
+
+        A conversation's activity is its newest message (or its creation when empty). Returns
+        (conversations, messages) deleted; profiles and votes are left alone.
+        """
+        await self._db.execute("PRAGMA secure_delete = ON")
+        old = (
+            "SELECT c.id FROM conversations c WHERE COALESCE("
+            "(SELECT MAX(m.created_at) FROM messages m WHERE m.conversation_id = c.id),"
+            " c.created_at) < ?"
+        )
+        async with self._db.execute(
+            f"SELECT COUNT(*), (SELECT COUNT(*) FROM messages WHERE conversation_id IN ({old}))"
+            f" FROM ({old})",
+            (before, before),
+        ) as cur:
+            row = await cur.fetchone()
+        await self._db.execute(f"DELETE FROM messages WHERE conversation_id IN ({old})", (before,))
+        await self._db.execute(
+            "DELETE FROM conversations WHERE id NOT IN (SELECT conversation_id FROM messages)"
+            " AND created_at < ?",
+            (before,),
+        )
+        await self._db.commit()
+        await self._checkpoint()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    async def _checkpoint(self) -> None:
+        async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+            await cur.fetchall()
+
+    async def platform_stats(self) -> list[dict[str, Any]]:
+        """Per platform: users, conversations, user turns, replies, tokens, reply latency."""
+        sql = """
+            SELECT c.platform, COUNT(DISTINCT c.key), COUNT(DISTINCT c.id),
+                   COALESCE(SUM(m.role = 'user'), 0), COALESCE(SUM(m.role = 'assistant'), 0),
+                   COALESCE(SUM(m.tokens), 0), AVG(m.latency), MAX(m.latency)
+            FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
+            GROUP BY c.platform ORDER BY c.platform
+        """
+        async with self._db.execute(sql) as cur:
+            rows = await cur.fetchall()
+        names = ("platform", "users", "conversations", "turns", "replies", "tokens")
+        return [
+            {**dict(zip(names, r[:6], strict=True)), "avg_latency": r[6], "max_latency": r[7]}
+            for r in rows
+        ]
+
+    async def slowest_replies(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The replies that took longest (platform, model, tokens, seconds, when)."""
+        sql = """
+            SELECT c.platform, m.model, m.tokens, m.latency, m.created_at
+            FROM messages m JOIN conversations c ON c.id = m.conversation_id
+            WHERE m.latency IS NOT NULL ORDER BY m.latency DESC LIMIT ?
+        """
+        async with self._db.execute(sql, (limit,)) as cur:
+            rows = await cur.fetchall()
+        names = ("platform", "model", "tokens", "latency", "created_at")
+        return [dict(zip(names, r, strict=True)) for r in rows]
 
     # -- arena votes -----------------------------------------------------------------------
 

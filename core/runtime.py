@@ -36,12 +36,27 @@ async def load_engine(config: Config) -> LlamaEngine:
 @asynccontextmanager
 async def open_service(config: Config) -> AsyncIterator[ChatService]:
     """The chat service with its engine and store, closed in reverse order on exit."""
+    from core.logs import TurnLogger, register_config_secrets
+    from core.metrics import metrics_for
+    from core.models import ModelRegistry
+
+    register_config_secrets(config)
     store = await MemoryStore.open(config.database.path)
     try:
-        engine = await load_engine(config)
+        # [model] plus [models.NAME]: the default loads now, the others on first use.
+        models = await ModelRegistry.open(config)
         try:
-            yield ChatService(engine, store, chat=config.chat, generation=config.generation)
+            service = ChatService(
+                models.default,
+                store,
+                chat=config.chat,
+                generation=config.generation,
+                models=models,
+            )
+            service.observers.append(TurnLogger(config.logging))
+            metrics_for(service)
+            yield service
         finally:
-            await engine.aclose()
+            await models.aclose()
     finally:
         await store.aclose()

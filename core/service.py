@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import ChatConfig, GenerationConfig
 from core.engine import Engine, FinishReason, GenerationRequest, SamplingParams
 from core.errors import ConversationBusy, EngineBusy, EngineUnavailable, InvalidInput
 from core.memory import MemoryStore, Turn, platform_of
+from core.observe import TurnObserver, TurnRecord, notify, outcome_of
 from core.prompt import build_prompt
 from core.template import Message
 from core.textcheck import clean_user_text
+
+if TYPE_CHECKING:
+    from core.models import ModelRegistry
 
 log = logging.getLogger("finechat.service")
 
@@ -61,7 +66,7 @@ class Done:
 ReplyEvent = Started | Delta | Done
 
 
-def _sampling_from(config: GenerationConfig) -> SamplingParams:
+def sampling_defaults(config: GenerationConfig) -> SamplingParams:
     return SamplingParams(**{f.name: getattr(config, f.name) for f in fields(SamplingParams)})
 
 
@@ -104,16 +109,99 @@ class ChatService:
         *,
         chat: ChatConfig | None = None,
         generation: GenerationConfig | None = None,
+        models: ModelRegistry | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.chat_config = chat or ChatConfig()
-        self.defaults = _sampling_from(generation or GenerationConfig())
+        self.defaults = sampling_defaults(generation or GenerationConfig())
         self._inflight: dict[str, asyncio.Event] = {}
+        self.models = models
+        """Named models (``[models.NAME]``); None = only ``engine``."""
+        self.observers: list[TurnObserver] = []
+        """Called with a :class:`TurnRecord` after every reply/retry (metrics, turn log)."""
+        self._turn_model: dict[str, str] = {}
 
     @property
     def model_name(self) -> str:
-        return self.engine.info.name
+        """The default model's name."""
+        return self.models.default_name if self.models else self.engine.info.name
+
+    @property
+    def active_conversations(self) -> int:
+        """Replies in flight right now."""
+        return len(self._inflight)
+
+    async def _engine_for(self, key: str, model: str | None = None) -> tuple[str, Engine]:
+        """The model ``key`` chose (``/model``), or ``model`` when given (the web arena)."""
+        if self.models is None:
+            return self.model_name, self.engine
+        if model is None:
+            model = (await self.store.get_profile(key)).settings.get("model")
+        try:
+            name = self.models.resolve(model)
+        except InvalidInput:
+            # The model was removed from the configuration since it was chosen: use the default.
+            log.warning("conversation chose an unknown model %r; using the default", model)
+            name = self.models.default_name
+        return name, await self.models.get(name)
+
+    async def _observed(
+        self, key: str, kind: str, text: str | bytes, events: AsyncIterator[ReplyEvent]
+    ) -> AsyncIterator[ReplyEvent]:
+        """Pass ``events`` through and report the turn to the observers, however it ends."""
+        t0 = time.monotonic()
+        started: Started | None = None
+        done: Done | None = None
+        outcome = "abandoned"
+        try:
+            async for event in events:
+                if isinstance(event, Started):
+                    started = event
+                elif isinstance(event, Done):
+                    done = event
+                    outcome = event.finish_reason
+                yield event
+        except Exception as exc:
+            outcome = outcome_of(exc)
+            raise
+        finally:
+            record = self._record(key, kind, text, outcome, t0, started, done)
+            if outcome != "busy":  # a refused second message must not clear the first's model
+                self._turn_model.pop(key, None)
+            notify(self.observers, record)
+
+    def _record(
+        self,
+        key: str,
+        kind: str,
+        text: str | bytes,
+        outcome: str,
+        t0: float,
+        started: Started | None,
+        done: Done | None,
+    ) -> TurnRecord:
+        try:
+            platform = platform_of(key)
+        except ValueError:
+            platform = "invalid"
+        return TurnRecord(
+            key=key,
+            platform=platform,
+            kind=kind,
+            model=self._turn_model.get(key, self.model_name),
+            outcome=outcome,
+            prompt_tokens=done.prompt_tokens if done else (started.prompt_tokens if started else 0),
+            completion_tokens=done.completion_tokens if done else 0,
+            cached_tokens=done.cached_tokens if done else 0,
+            dropped_turns=started.dropped_turns if started else 0,
+            queue_position=started.queue_position if started else 0,
+            ttft_seconds=done.ttft_seconds if done else None,
+            generation_seconds=done.total_seconds if done else 0.0,
+            wall_seconds=time.monotonic() - t0,
+            user_text=text if isinstance(text, str) else "",
+            reply_text=done.text if done else "",
+        )
 
     # -- replying --------------------------------------------------------------------------
 
@@ -125,19 +213,34 @@ class ChatService:
         parent_id: int | None = None,
         platform_message_id: str | None = None,
         settings: Mapping[str, Any] | None = None,
+        model: str | None = None,
     ) -> AsyncIterator[ReplyEvent]:
         """Answer ``text`` in ``key``'s conversation, streaming :class:`ReplyEvent` s.
 
         ``parent_id`` continues from an older message (a reply chain branch); by default the
-        turn continues the newest message of the active conversation. Raises
+        turn continues the newest message of the active conversation. ``model`` answers with
+        that model instead of the conversation's choice (the web arena). Raises
         :class:`FinechatError` subclasses for anything the user should be told.
         """
+        inner = self._reply(key, text, parent_id, platform_message_id, settings, model)
+        async for event in self._observed(key, "reply", text, inner):
+            yield event
+
+    async def _reply(
+        self,
+        key: str,
+        text: str | bytes,
+        parent_id: int | None,
+        platform_message_id: str | None,
+        settings: Mapping[str, Any] | None,
+        model: str | None,
+    ) -> AsyncIterator[ReplyEvent]:
         platform_of_key(key)
         clean = clean_user_text(text, max_chars=self.chat_config.max_input_chars)
         cancel = self._claim(key)
         try:
             async for event in self._reply_locked(
-                key, clean, parent_id, platform_message_id, settings, cancel
+                key, clean, parent_id, platform_message_id, settings, cancel, model
             ):
                 yield event
         finally:
@@ -151,9 +254,11 @@ class ChatService:
         platform_message_id: str | None,
         settings: Mapping[str, Any] | None,
         cancel: asyncio.Event,
+        model: str | None = None,
     ) -> AsyncIterator[ReplyEvent]:
         conversation, parent = await self._resolve_parent(key, parent_id)
-        n_user = len(await self.engine.tokenize(text))
+        model, engine = await self._engine_for(key, model)
+        n_user = len(await engine.tokenize(text))
         user_turn = await self.store.add_message(
             key,
             "user",
@@ -163,13 +268,21 @@ class ChatService:
             conversation_id=conversation,
             platform_message_id=platform_message_id,
         )
-        async for event in self._generate(key, user_turn, settings, cancel, fresh=True):
+        async for event in self._generate(
+            key, user_turn, settings, cancel, fresh=True, model=model
+        ):
             yield event
 
     async def retry(
         self, key: str, *, settings: Mapping[str, Any] | None = None
     ) -> AsyncIterator[ReplyEvent]:
         """Generate a new answer to the last user message; the old answer stays as a branch."""
+        async for event in self._observed(key, "retry", "", self._retry(key, settings)):
+            yield event
+
+    async def _retry(
+        self, key: str, settings: Mapping[str, Any] | None
+    ) -> AsyncIterator[ReplyEvent]:
         platform_of_key(key)
         cancel = self._claim(key)
         try:
@@ -212,21 +325,28 @@ class ChatService:
         cancel: asyncio.Event,
         *,
         fresh: bool,
+        model: str | None = None,
     ) -> AsyncIterator[ReplyEvent]:
         profile = await self.store.get_profile(key)
         sampling = await self.sampling_for(key, settings, profile.settings)
+        model, engine = await self._engine_for(key, model)
+        self._turn_model[key] = model
+        n_ctx = engine.info.n_ctx
+        if sampling.max_tokens >= n_ctx:  # a model with a smaller context than the settings
+            sampling = replace(sampling, max_tokens=n_ctx // 2)
         chain = await self.store.chain(user_turn.id, limit=self.chat_config.history_turns)
         system = profile.persona if profile.persona is not None else self.chat_config.system_prompt
-        budget = self.engine.info.n_ctx - sampling.max_tokens
+        budget = n_ctx - sampling.max_tokens
         built = await build_prompt(
             system_prompt=system,
             history=[Message(t.role, t.text) for t in chain],
             turn_tokens=[t.tokens for t in chain],
             budget=budget,
-            encode=self.engine.encode_messages,
+            encode=engine.encode_messages,
         )
+        request = GenerationRequest(key, built.tokens, sampling, tuple(built.messages))
         try:
-            stream = self.engine.generate(GenerationRequest(key, built.tokens, sampling))
+            stream = engine.generate(request)
         except EngineBusy:
             # Nothing will answer this turn: take it back so the retry is not a duplicate.
             if fresh:
@@ -252,19 +372,10 @@ class ChatService:
                 tokens=result.completion_tokens,
                 parent_id=user_turn.id,
                 conversation_id=user_turn.conversation_id,
-                model=self.model_name,
+                model=model,
+                latency=result.total_seconds,
             )
             message_id = turn.id
-        log.info(
-            "turn done platform=%s reason=%s prompt=%d cached=%d out=%d ttft=%.3f total=%.3f",
-            platform_of(key),
-            result.finish_reason,
-            result.prompt_tokens,
-            result.cached_tokens,
-            result.completion_tokens,
-            result.ttft_seconds or 0.0,
-            result.total_seconds,
-        )
         yield Done(
             text=text,
             finish_reason=result.finish_reason,
@@ -343,21 +454,51 @@ class ChatService:
         return replace(self.defaults, **{k: v for k, v in merged.items() if v is not None})
 
     def available_models(self) -> list[str]:
-        """Names of the models a conversation may choose (one until several are configured)."""
-        return [self.model_name]
+        """Names of the models a conversation may choose, the default first."""
+        return self.models.names() if self.models else [self.model_name]
 
     async def set_model(self, key: str, name: str) -> None:
         """Choose the model for ``key``'s conversation (admin commands and the web arena)."""
         platform_of_key(key)
-        if name not in self.available_models():
+        if self.models is not None:
+            name = self.models.resolve(name.strip())
+        elif name not in self.available_models():
             raise InvalidInput(
                 f"Unknown model {name!r}. Available: {', '.join(self.available_models())}."
             )
         await self.store.update_settings(key, {"model": name})
 
+    async def model_of(self, key: str) -> str:
+        """The model ``key``'s conversation uses (its ``/model`` choice, else the default)."""
+        chosen = (await self.store.get_profile(key)).settings.get("model")
+        if self.models is None or not chosen:
+            return self.model_name
+        try:
+            return self.models.resolve(chosen)
+        except InvalidInput:
+            return self.model_name
+
+    async def forget(self, key: str) -> int:
+        """Delete everything stored about ``key`` (the bots' ``/forget``); messages deleted.
+
+        The reply in flight is cancelled first, and engines that cache conversation state
+        (KV cache, saved states) are told to drop it through their optional ``forget(key)``.
+        """
+        platform_of_key(key)
+        self.cancel(key)
+        removed = await self.store.forget(key)
+        engines = list(self.models.loaded().values()) if self.models else [self.engine]
+        for engine in engines:
+            drop = getattr(engine, "forget", None)
+            if drop is not None:
+                result = drop(key)
+                if asyncio.iscoroutine(result):
+                    await result
+        return removed
+
     async def stats(self, key: str) -> dict[str, Any]:
         platform_of_key(key)
-        return {**await self.store.stats(key), "model": self.model_name}
+        return {**await self.store.stats(key), "model": await self.model_of(key)}
 
 
 def platform_of_key(key: str) -> str:
