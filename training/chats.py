@@ -74,6 +74,12 @@ def export_chats(db_path: str | Path, platforms: list[str], *, min_turns: int = 
 
 
 def _paths(msgs: list[tuple[int, int | None, str, str]]) -> list[Conversation]:
+    # A message without a parent that is not the conversation's first continues the one
+    # before it (stores written without reply chains are plain lists).
+    msgs = [
+        (m[0], msgs[i - 1][0] if m[1] is None and i > 0 else m[1], m[2], m[3])
+        for i, m in enumerate(msgs)
+    ]
     by_id = {m[0]: m for m in msgs}
     has_child = {m[1] for m in msgs if m[1] is not None}
     seen: set[tuple[int, ...]] = set()
