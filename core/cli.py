@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     _gen_options(p)
     p.add_argument("--only", help="comma-separated front-ends to run (e.g. web,telegram)")
 
+    p = sub.add_parser("web", help="serve only the web chat (Gradio page, arena, /healthz)")
+    _common(p)
+    _gen_options(p)
+    p.add_argument("--host", help="interface to listen on (default 127.0.0.1; 0.0.0.0 = all)")
+    p.add_argument("--port", type=int, help="TCP port (default 7860)")
+    p.add_argument("--root-path", help="URL prefix when served behind a reverse proxy")
+
     from core.admin import add_parsers as add_admin_parsers
 
     add_admin_parsers(sub, _common)
@@ -228,6 +235,14 @@ async def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     return await serve(config, only)
 
 
+async def cmd_web(config: Config, args: argparse.Namespace) -> int:
+    """Only the web chat; web.enabled is implied by asking for it."""
+    from core.serve import serve
+
+    web = {"enabled": True, "host": args.host, "port": args.port, "root_path": args.root_path}
+    return await serve(with_overrides(config, web=web), {"web"})
+
+
 async def cmd_eval(config: Config, args: argparse.Namespace) -> int:
     from training.evaluation.cli import cmd_eval as run_eval
 
@@ -240,6 +255,7 @@ COMMANDS = {
     "history": cmd_history,
     "reset": cmd_reset,
     "serve": cmd_serve,
+    "web": cmd_web,
     "stats": cmd_stats,
     "prune": cmd_prune,
     "forget": cmd_forget,

@@ -141,6 +141,8 @@ class WebConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     root_path: str = ""
+    auth_file: str = ""
+    """``user:password`` lines: the web chat asks for a login and keeps memory per user."""
 
 
 @dataclass(frozen=True)
