@@ -95,6 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_admin_parsers(sub, _common)
 
+    p = sub.add_parser("api", help="serve the OpenAI-compatible API (/v1/chat/completions)")
+    _common(p)
+    _gen_options(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--slots", type=int, help="conversations decoded together")
+
+    p = sub.add_parser("bench", help="measure the engine against raw llama-cpp-python")
+    _common(p)
+    p.add_argument("--threads", type=int, help="CPU threads for llama.cpp (0 = all)")
+    p.add_argument("--users", default="8,32", help="concurrent users to simulate (default 8,32)")
+    p.add_argument("--tokens", type=int, default=128, help="answer length (greedy)")
+    p.add_argument("--turns", type=int, default=2, help="turns per simulated user")
+    p.add_argument("--history-tokens", type=int, default=1400, help="returning user's history")
+    p.add_argument("--llama-server", help="path to llama.cpp's llama-server binary (anchor)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     from training.evaluation.cli import add_parser as add_eval_parser  # argparse only: cheap
 
     add_eval_parser(sub)
@@ -249,7 +266,23 @@ async def cmd_eval(config: Config, args: argparse.Namespace) -> int:
     return await run_eval(config, args)
 
 
+async def cmd_api(config: Config, args: argparse.Namespace) -> int:
+    if args.slots is not None:
+        config = with_overrides(config, model={"slots": args.slots})
+    from web.openai_api import serve_api  # FastAPI/uvicorn only for this command
+
+    return await serve_api(config, host=args.host, port=args.port)
+
+
+async def cmd_bench(config: Config, args: argparse.Namespace) -> int:
+    from core.bench import run_bench
+
+    return await run_bench(config, args)
+
+
 COMMANDS = {
+    "api": cmd_api,
+    "bench": cmd_bench,
     "chat": cmd_chat,
     "ask": cmd_ask,
     "history": cmd_history,

@@ -41,6 +41,8 @@ class GenerationRequest:
     sampling: SamplingParams
     messages: tuple[Message, ...] = ()
     """The same prompt as messages, for backends that render templates themselves (remote)."""
+    ignore_eos: bool = False
+    """Generate exactly ``max_tokens`` (benchmarks: fixed-length answers compare fairly)."""
 
 
 @dataclass

@@ -187,6 +187,11 @@ class EngineStats:
     rejected: int = 0
 
 
+def _deliver(items: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    for out, item in items:
+        out.put_nowait(item)
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -226,6 +231,7 @@ class LlamaEngine:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
         self._incoming: queue.Queue[_Job | None] = queue.Queue()
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
         self._waiting: deque[_Job] = deque()
         self._lock = threading.Lock()
         self._n_waiting = 0
@@ -388,8 +394,10 @@ class LlamaEngine:
                     except Exception as exc:  # a failed decode fails its jobs, not the engine
                         log.exception("decode step failed")
                         self._fail_active(exc)
+                self._flush()
         finally:
             self._shutdown_jobs()
+            self._flush()
 
     def _drain(self, *, block: bool) -> bool:
         """Move newly submitted jobs into the FIFO; False once the engine is closing."""
@@ -407,8 +415,15 @@ class LlamaEngine:
                 return True
 
     def _emit(self, job: _Job, item: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening any more
-            job.loop.call_soon_threadsafe(job.out.put_nowait, item)
+        """Queue an item for the job's event loop; :meth:`_flush` delivers a whole step at once."""
+        self._outbox.setdefault(job.loop, []).append((job.out, item))
+
+    def _flush(self) -> None:
+        # One wake-up per event loop per step instead of one per token per conversation.
+        outbox, self._outbox = self._outbox, {}
+        for loop, items in outbox.items():
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
+                loop.call_soon_threadsafe(_deliver, items)
 
     def _finish_unstarted(self, job: _Job, reason: FinishReason) -> None:
         prompt = len(job.request.prompt)
@@ -621,7 +636,7 @@ class LlamaEngine:
             slot.last_used = now
             if act.ttft is None:
                 act.ttft = now - act.started
-            if self._lc.llama_vocab_is_eog(self._vocab, token):
+            if self._lc.llama_vocab_is_eog(self._vocab, token) and not act.job.request.ignore_eos:
                 self._finish(slot, "stop")
                 continue
             act.n_out += 1
