@@ -35,6 +35,7 @@ def sft_config(cfg: RunConfig, out: Path, *, has_eval: bool, cuda: bool, bf16: b
 
     t = cfg.training
     eval_on = has_eval and t.eval_steps > 0
+    gpu_only: dict[str, Any] = {"gradient_checkpointing": True} if cuda else {}
     return SFTConfig(
         output_dir=str(out / "checkpoints"),
         max_length=cfg.model.max_seq_length,
@@ -62,7 +63,7 @@ def sft_config(cfg: RunConfig, out: Path, *, has_eval: bool, cuda: bool, bf16: b
         use_cpu=not cuda,
         bf16=cuda and bf16,
         fp16=cuda and not bf16,
-        gradient_checkpointing=cuda,
+        **gpu_only,
         dataloader_num_workers=0,
         dataset_num_proc=None,
     )
