@@ -206,3 +206,45 @@ def test_train_resume_merge_export_verify_and_serve(tmp_path: Path) -> None:
         str(tmp_path / "cli.sqlite"), "--temperature", "0", "--max-tokens", "8",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+    # 6. verification fails loudly on the known silent failure: special tokens typed NORMAL
+    _broken_tokenizer_is_caught(run, tmp_path)
+
+
+def _broken_tokenizer_is_caught(run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from training.gguf_export import convert, locate_converter
+    from training.verify import verify
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run / "merged", broken)
+    cfg_path = broken / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    del tok_cfg["added_tokens_decoder"]  # what transformers 5 writes for SentencePiece models
+    cfg_path.write_text(json.dumps(tok_cfg))
+    gguf = convert(locate_converter(), broken, tmp_path / "broken-bf16.gguf")
+    report = verify(broken, gguf, {}, load_conversations(load_run_config("tiny-cpu").dataset)[:2])
+    assert not report.ok and not report.tokenization_match
+    assert any("typed NORMAL" in p for p in report.problems)
+
+
+@pytest.mark.gpu
+def test_unsloth_backend_on_a_gpu(tmp_path: Path) -> None:
+    """The notebook's path (4-bit QLoRA through Unsloth) for a few steps; needs CUDA + unsloth."""
+    from training.backend_unsloth import cuda_available, unsloth_installed
+
+    if not (cuda_available() and unsloth_installed()):
+        pytest.skip("needs a CUDA GPU and the gpu extra (unsloth)")
+    from dataclasses import replace
+
+    from training.train import train
+
+    cfg = load_run_config("tiny-cpu")
+    cfg = replace(cfg, model=replace(cfg.model, backend="unsloth", load_in_4bit=True))
+    result = train(
+        replace(cfg, training=replace(cfg.training, max_steps=4, save_steps=0)), tmp_path
+    )
+    assert result.backend == "unsloth" and result.steps == 4
+    assert result.train_loss is not None and result.train_loss == result.train_loss
+    assert (result.adapter / "adapter_model.safetensors").is_file()
