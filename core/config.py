@@ -175,9 +175,26 @@ class DiscordConfig:
 
 @dataclass(frozen=True)
 class TelegramConfig:
+    """The Telegram bot (bots/telegram_*). Id lists are Telegram ids; empty = no limit."""
+
     enabled: bool = True
     token_file: str = ""
     token: Secret = field(default_factory=lambda: Secret(""))
+    base_url: str = "https://api.telegram.org"
+    """Bot API server root (a self-hosted telegram-bot-api, or a test fake); ``/bot`` is added."""
+    allowed_user_ids: list[int] = field(default_factory=list)
+    allowed_chat_ids: list[int] = field(default_factory=list)
+    admin_ids: list[int] = field(default_factory=list)
+    allow_private: bool = True
+    edit_interval: float = 1.0
+    """Seconds between message edits in a private chat."""
+    group_edit_interval: float = 3.0
+    """Seconds between message edits in a group (Telegram allows ~20 messages a minute)."""
+    typing_interval: float = 4.0
+    reply_timeout: float = 600.0
+    """Seconds a reply may take (queue included) before the person gets an apology."""
+    poll_timeout: int = 30
+    """getUpdates long-poll seconds."""
 
 
 @dataclass(frozen=True)
