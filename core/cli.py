@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure the engine against raw llama-cpp-python")
     _common(p)
     p.add_argument("--threads", type=int, help="CPU threads for llama.cpp (0 = all)")
+    p.add_argument("--n-ctx", type=int, help="context of each conversation slot")
     p.add_argument("--users", default="8,32", help="concurrent users to simulate (default 8,32)")
     p.add_argument("--tokens", type=int, default=128, help="answer length (greedy)")
     p.add_argument("--turns", type=int, default=2, help="turns per simulated user")
