@@ -462,6 +462,102 @@ async def test_restart_keeps_memory_and_branches(
     assert fake.identify_count == 2
 
 
+async def test_queue_position_shown_while_the_engine_is_full(
+    fake: FakeDiscord, engine: LlamaEngine, store: MemoryStore
+) -> None:
+    service = make_service(engine, store, max_tokens=200, repeat_penalty=1.0)
+    busy = "Write a deeply nested JSON document in a code block."
+    slots = getattr(engine, "n_slots", 1)
+    fillers = [(u, c) for u in (ALICE, BOB) for c in (CHANNEL_ID, OTHER_CHANNEL_ID)][:slots]
+    assert len(fillers) == slots, "the test engine has more slots than this test fills"
+    async with running(config_for(fake), service) as bot:
+        for user_id, channel_id in fillers:
+            await fake.user_message(
+                user_id, f"{MENTION} {busy}", mentions=[BOT_ID], channel_id=channel_id
+            )
+        # Every slot is generating once each filler's first message is out.
+        await fake.wait_for(lambda _: len(fake.find("POST", CREATE)) >= slots)
+        mid = await fake.user_message(CAROL, f"{MENTION} Say hi.", mentions=[BOT_ID])
+        first = await fake.wait_for(
+            lambda _: [
+                c
+                for c in fake.find("POST", CREATE)[slots:]
+                if str(c.body.get("message_reference", {}).get("message_id")) == str(mid)
+            ]
+        )
+        await reply_in(bot, store, f"discord:{CHANNEL_ID}:{CAROL}", 1)
+    assert "ahead of you" in first[0].body["content"]
+    answer = next(
+        t
+        for t in await store.all_messages(f"discord:{CHANNEL_ID}:{CAROL}")
+        if t.role == "assistant"
+    )
+    assert content_of(fake, answer.platform_message_id) == answer.text
+
+
+async def test_auto_thread_per_conversation(
+    fake: FakeDiscord, service: ChatService, store: MemoryStore
+) -> None:
+    async with running(config_for(fake, auto_thread=True), service) as bot:
+        mid = await fake.user_message(ALICE, f"{MENTION} Plan a picnic for me.", mentions=[BOT_ID])
+        made = await fake.wait_for(
+            lambda _: fake.find("POST", rf"/channels/\d+/messages/{mid}/threads")
+        )
+        assert made[0].body["name"] == "Plan a picnic for me."
+        thread_id = max(fake.threads)
+        key = f"discord:{thread_id}:{ALICE}"
+        await reply_in(bot, store, key, 1)
+        # Inside the bot's own thread no mention is needed.
+        await fake.user_message(ALICE, "Add sandwiches.", channel_id=thread_id)
+        await reply_in(bot, store, key, 2)
+    assert len(fake.bot_messages(thread_id)) == 2 and not fake.bot_messages(CHANNEL_ID)
+    assert [t.text for t in await store.history(key) if t.role == "user"] == [
+        "Plan a picnic for me.",
+        "Add sandwiches.",
+    ]
+
+
+async def test_errors_become_short_messages_and_lose_nothing(
+    fake: FakeDiscord, engine: LlamaEngine, store: MemoryStore, tmp_path: Path
+) -> None:
+    service = ChatService(
+        engine,
+        store,
+        chat=ChatConfig(max_input_chars=40),
+        generation=GenerationConfig(temperature=0.0, max_tokens=300),
+    )
+    key = f"discord:{CHANNEL_ID}:{ALICE}"
+    async with running(config_for(fake), service) as bot:
+        # Too long: the service's own clear message, nothing stored.
+        await fake.user_message(ALICE, f"{MENTION} {'word ' * 20}", mentions=[BOT_ID])
+        await bot.client.chat.wait_delivered(1)
+        assert "too long" in fake.bot_messages(CHANNEL_ID)[-1]["content"]
+        assert await store.all_messages(key) == []
+        # Busy: a second message while the first is answered gets the "still answering" note.
+        await fake.user_message(ALICE, f"{MENTION} Tell me a long story.", mentions=[BOT_ID])
+        await fake.wait_for(lambda _: len(fake.find("POST", CREATE)) >= 2)
+        await fake.user_message(ALICE, f"{MENTION} Hello?", mentions=[BOT_ID])
+        await bot.client.chat.wait_delivered(3)
+        notes = [m["content"] for m in fake.bot_messages(CHANNEL_ID)]
+        assert any("still answering" in n for n in notes)
+    # An internal failure (the database is gone) becomes an apology, never a traceback.
+    broken = await MemoryStore.open(tmp_path / "broken.sqlite")
+    await broken.aclose()
+    async with running(config_for(fake), make_service(engine, broken)) as bot:
+        await fake.user_message(BOB, f"{MENTION} hi", mentions=[BOT_ID])
+        await bot.client.chat.wait_delivered(1)
+    last = fake.bot_messages(CHANNEL_ID)[-1]["content"]
+    assert last.startswith("Sorry") and "Traceback" not in last and "Error" not in last
+
+
+async def test_serve_exits_nonzero_on_a_bad_token(fake: FakeDiscord, service: ChatService) -> None:
+    from core.serve import run_frontends
+
+    frontend = DiscordFrontend(replace(config_for(fake), token=Secret("nope")), service)
+    code = await asyncio.wait_for(run_frontends([frontend], asyncio.Event(), start_timeout=20), 20)
+    assert code == 1
+
+
 async def test_bad_token_fails_fast_without_echoing_it(
     fake: FakeDiscord, service: ChatService
 ) -> None:

@@ -370,6 +370,9 @@ class FakeDiscord:
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
         status, data = self._handle(request.method, path, body, request.query)
         call.status = status
+        if re.fullmatch(r"/channels/\d+/messages/\d+/threads", path):
+            # Like Discord, announce the new thread on the gateway (discord.py caches it).
+            await self.dispatch("THREAD_CREATE", {**data, "newly_created": True})
         await self._record(call)
         if status == 204:
             return web.Response(status=204)
