@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,7 +83,10 @@ def read_gguf(path: Path, special_tokens: Sequence[str] = ()) -> GGUFInfo:
 def _llama(path: Path, n_ctx: int) -> Iterator[Any]:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2)
+    threads = os.cpu_count() or 2
+    llm = Llama(
+        model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=threads
+    )
     try:
         yield llm
     finally:
@@ -128,7 +132,7 @@ def verify(
     quantized: dict[str, Path],
     samples: list[Conversation],
     *,
-    n_ctx: int = 512,
+    max_ctx: int = 2048,
     greedy_tokens: int = 16,
     tolerance: float = 0.1,
 ) -> VerifyReport:
@@ -163,11 +167,17 @@ def verify(
             problems.append(f"{name}: tokens typed NORMAL, not special: {info.non_special}")
 
     texts = [tok.apply_chat_template(conv, tokenize=False) for conv in samples]
-    hf_ids = [list(tok(t, add_special_tokens=False)["input_ids"])[:n_ctx] for t in texts]
+    hf_ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    # long rows are left out rather than cut: a cut could split a multi-token character
+    keep = [i for i, ids in enumerate(hf_ids) if len(ids) <= max_ctx]
+    if not keep:
+        raise VerificationError(f"every held-out conversation is longer than {max_ctx} tokens")
+    texts, hf_ids = [texts[i] for i in keep], [hf_ids[i] for i in keep]
+    n_ctx = max(len(ids) for ids in hf_ids) + greedy_tokens + 8
     prompts = [
-        tok.apply_chat_template(conv[:-1], tokenize=False, add_generation_prompt=True)
-        for conv in samples
-        if conv[-1]["role"] == "assistant"
+        tok.apply_chat_template(samples[i][:-1], tokenize=False, add_generation_prompt=True)
+        for i in keep
+        if samples[i][-1]["role"] == "assistant"
     ]
     tokenization_match, finite, greedy_match = True, True, True
     max_diff = 0.0
@@ -182,7 +192,7 @@ def verify(
         with _llama(path, n_ctx) as llm:
             total, count = 0.0, 0
             for text, ids in zip(texts, hf_ids, strict=True):
-                cpp_ids = list(llm.tokenize(text.encode(), add_bos=False, special=True))[:n_ctx]
+                cpp_ids = list(llm.tokenize(text.encode(), add_bos=False, special=True))
                 if cpp_ids != ids:
                     tokenization_match = False
                     problems.append(
