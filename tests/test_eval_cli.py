@@ -142,3 +142,54 @@ def test_bad_options_are_configuration_errors(tmp_path: Path) -> None:
     r = run("--model", str(tmp_path / "nope.gguf"), timeout=60)
     assert r.returncode == 1 and "model file not found" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_quick_report_bundled_against_the_tiny_exported_model(tmp_path: Path) -> None:
+    """The training pipeline's own output (tiny-cpu, trained and exported here) under eval."""
+    for module in ("torch", "transformers", "sentencepiece", "peft", "trl"):
+        pytest.importorskip(module)
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FINECHAT_", "HF_"))}
+    env["HF_HUB_OFFLINE"] = "1"
+    for argv in (
+        ["train", "--config", "tiny-cpu", "--out", str(run_dir)],
+        ["export", str(run_dir), "--no-verify"],
+    ):
+        step = subprocess.run(
+            [sys.executable, "-m", "core.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            cwd=ROOT,
+        )
+        assert step.returncode == 0, step.stderr[-2000:]
+    (tiny,) = sorted((run_dir / "gguf").glob("*Q4_K_M.gguf"))
+
+    out = tmp_path / "report"
+    r = run(
+        "--quick", "--model", "bundled", "--model", str(tiny), "--temperature", "0",
+        "--out", str(out), "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert all(math.isfinite(x) for x in _finite_numbers(res))
+    small, trained = res["variants"]
+    assert trained["model"]["path"] == str(tiny)
+    # The judge defaults to the larger GGUF: the bundled SmolLM2, not the 1 MB tiny model.
+    assert res["judge"]["sha256"] == small["model"]["sha256"]
+    assert trained["model"]["size_bytes"] < small["model"]["size_bytes"]
+    # A 2-layer random-init model is far faster and far worse than SmolLM2-135M: both
+    # measures must see it, per token and per byte (their tokenizers differ).
+    assert trained["latency"]["decode_tps"]["median"] > small["latency"]["decode_tps"]["median"]
+    ppl = {p["sha256"]: p for p in res["perplexity"]}
+    assert (
+        ppl[trained["model"]["sha256"]]["bits_per_byte"]
+        > ppl[small["model"]["sha256"]]["bits_per_byte"]
+    )
+    assert trained["perplexity"] > small["perplexity"]
+    (pair,) = res["pairwise"]
+    assert pair["wins_first"] + pair["wins_second"] + pair["ties"] == 4
+    for png in ("latency_vs_quality.png", "per_prompt_wins.png"):
+        assert (out / png).read_bytes().startswith(PNG_MAGIC)

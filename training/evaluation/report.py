@@ -155,10 +155,16 @@ def to_json(res: EvalResult, env: dict[str, Any]) -> dict[str, Any]:
                 "model": pr.model.label,
                 "sha256": pr.model.sha256,
                 "perplexity": _finite(pr.perplexity),
+                "bits_per_byte": _finite(pr.bits_per_byte),
                 "tokens": pr.tokens,
                 "seconds": pr.seconds,
                 "per_prompt": {
-                    k: {"nll": s.nll, "tokens": s.tokens, "truncated": s.truncated}
+                    k: {
+                        "nll": s.nll,
+                        "tokens": s.tokens,
+                        "bytes": s.bytes,
+                        "truncated": s.truncated,
+                    }
                     for k, s in pr.scores.items()
                 },
                 "sanity": [asdict(s) for s in pr.sanity],
@@ -350,16 +356,31 @@ def perplexity_table(res: EvalResult) -> list[str]:
     rows = []
     for pr in res.perplexity.values():
         sane = pr.sanity
-        check = "–"
+        check = "n/a (degenerate greedy output)" if pr.scores else "–"
         if sane:
             ok = all(s.greedy_ppl < s.shuffled_ppl for s in sane)
             check = f"{'pass' if ok else 'FAIL'}: " + ", ".join(
-                f"{s.greedy_ppl:.2f} < {s.shuffled_ppl:.0f}" for s in sane
+                f"{s.greedy_ppl:.3g} < {s.shuffled_ppl:.3g}" for s in sane
             )
-        rows.append([pr.model.label, str(pr.tokens), _fmt(pr.perplexity, 3), check])
-    return _table(
-        ["model", "reference tokens", "perplexity", "sanity: own greedy < shuffled"], rows
-    )
+        rows.append(
+            [
+                pr.model.label,
+                str(pr.tokens),
+                _fmt(pr.perplexity, 3),
+                _fmt(pr.bits_per_byte, 3),
+                str(sum(1 for s in pr.scores.values() if s.truncated)),
+                check,
+            ]
+        )
+    header = [
+        "model",
+        "reference tokens",
+        "perplexity",
+        "bits/byte",
+        "truncated",
+        "sanity: own greedy < shuffled",
+    ]
+    return _table(header, rows)
 
 
 def pairwise_table(res: EvalResult) -> list[str]:
@@ -464,6 +485,9 @@ def markdown(res: EvalResult, env: dict[str, Any], plots: list[str]) -> str:
         "",
         "Perplexity of the reference answers (answer tokens only, given the conversation rendered",
         "with the model's own chat template). Variants that share a GGUF share this number.",
+        "Per-token perplexity is only comparable between models with the same tokenizer; bits",
+        "per UTF-8 byte of the answers is comparable across tokenizers. The sanity column",
+        "scores each model's own greedy continuation against the same tokens shuffled.",
         "",
         *perplexity_table(res),
         "",

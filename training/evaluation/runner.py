@@ -23,7 +23,7 @@ from training.evaluation.errors import EvalError
 from training.evaluation.judge import PairResult, judge_one, label_tokens
 from training.evaluation.latency import Trial, run_trial
 from training.evaluation.prompts import PromptSet
-from training.evaluation.scoring import Scorer, TextScore, corpus_perplexity
+from training.evaluation.scoring import Scorer, TextScore, bits_per_byte, corpus_perplexity
 from training.evaluation.stats import Summary, summarize
 from training.evaluation.votes import ArenaVotes, read_votes
 
@@ -136,6 +136,10 @@ class PerplexityResult:
         return corpus_perplexity(list(self.scores.values()))
 
     @property
+    def bits_per_byte(self) -> float:
+        return bits_per_byte(list(self.scores.values()))
+
+    @property
     def tokens(self) -> int:
         return sum(s.tokens for s in self.scores.values())
 
@@ -214,9 +218,11 @@ def _perplexity(plan: EvalPlan, model: ModelFile, progress: Progress) -> Perplex
         for p in plan.prompts.prompts[: plan.sanity_prompts]:
             prefix = scorer.encode_prompt(p.with_system(plan.system_prompt))
             greedy = scorer.greedy(prefix, plan.sanity_tokens)
-            if len(greedy) >= 4:
+            # A degenerate continuation (one token repeated) has no order to destroy: skip it.
+            if len(greedy) >= 4 and len(set(greedy)) > 1:
                 shuffled = greedy[:]
-                rng.shuffle(shuffled)
+                while shuffled == greedy:
+                    rng.shuffle(shuffled)
                 out.sanity.append(
                     SanityCheck(
                         p.id,

@@ -33,6 +33,7 @@ class TextScore:
     nll: float
     tokens: int
     truncated: bool
+    bytes: int = 0  # UTF-8 bytes of the scored text, for a tokenizer-independent rate
 
     @property
     def perplexity(self) -> float:
@@ -43,6 +44,13 @@ def corpus_perplexity(scores: Sequence[TextScore]) -> float:
     """Token-weighted perplexity over many continuations (what ``llama-perplexity`` reports)."""
     tokens = sum(s.tokens for s in scores)
     return math.exp(sum(s.nll for s in scores) / tokens) if tokens else math.nan
+
+
+def bits_per_byte(scores: Sequence[TextScore]) -> float:
+    """NLL in bits per UTF-8 byte of text: comparable between models with different tokenizers,
+    where per-token perplexity is not (a bigger vocabulary spends fewer, harder tokens)."""
+    n = sum(s.bytes for s in scores)
+    return sum(s.nll for s in scores) / (math.log(2) * n) if n else math.nan
 
 
 def _log_softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
@@ -195,7 +203,7 @@ class Scorer:
         cont = list(continuation[:room])
         truncated = len(cont) < len(continuation)
         if not cont:
-            return TextScore(0.0, 0, truncated)
+            return TextScore(0.0, 0, truncated, 0)
         seq = [*prefix, *cont]
         # Position j predicts seq[j + 1]; logits are needed from len(prefix) - 1 onwards.
         first = len(prefix) - 1
@@ -213,7 +221,7 @@ class Scorer:
             ids = np.asarray(targets[k : k + logp.shape[0]], dtype=np.int64)
             nll -= float(logp[np.arange(len(ids)), ids].sum())
             k += len(ids)
-        return TextScore(nll, len(cont), truncated)
+        return TextScore(nll, len(cont), truncated, len(self.detokenize(cont).encode("utf-8")))
 
     def next_token_logprobs(self, prompt: Sequence[int]) -> npt.NDArray[np.float64]:
         """Log-probabilities of the token after ``prompt`` (over the whole vocabulary)."""
