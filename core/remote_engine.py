@@ -119,10 +119,10 @@ class EndpointTokenizer:
         return [int(t["id"] if isinstance(t, dict) else t) for t in tokens]
 
     async def tokenize(self, text: str, *, special: bool) -> list[int]:
-        if self._dialect is None and not await self.probe():
-            raise EngineUnavailable(UNAVAILABLE)
-        assert self._dialect is not None
         try:
+            if self._dialect is None and not await self.probe():
+                raise EngineUnavailable(UNAVAILABLE)
+            assert self._dialect is not None
             return await self._call(self._dialect, text, special=special)
         except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
             log.warning("remote tokenizer failed: %s", _describe(exc))
@@ -263,7 +263,7 @@ class RemoteEngine:
                 template_source = template_source or gguf.metadata.get("tokenizer.chat_template")
             else:
                 endpoint = EndpointTokenizer(client, api_root(config.base_url), probe.model)
-                if probe.model and not await endpoint.probe():
+                if probe.model and not await _probe_tokenizer(endpoint):
                     raise ModelLoadError(
                         f"{config.base_url} offers no tokenizer endpoint (/tokenize); set "
                         "[model.remote] tokenizer to a local GGUF of the same model"
@@ -542,6 +542,14 @@ async def _probe(client: httpx.AsyncClient, config: RemoteConfig) -> _Probe:
             ctx = (body.get("default_generation_settings") or {}).get("n_ctx")
             n_ctx = int(ctx) if ctx else None
     return _Probe(model or "", n_ctx, template)
+
+
+async def _probe_tokenizer(endpoint: EndpointTokenizer) -> bool:
+    """False only when the server answers but has no tokenizer; a network error defers."""
+    try:
+        return await endpoint.probe()
+    except httpx.TransportError:
+        return True
 
 
 def _retry_after(response: httpx.Response) -> float:
