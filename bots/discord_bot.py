@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ NO_MENTIONS = discord.AllowedMentions.none()
 APOLOGY = "Sorry — something went wrong while answering. Please try again in a moment."
 TYPING_REFRESH_S = 8.0  # Discord shows "typing…" for about 10 s per request
 MESSAGE_LIMIT = 2000
+REFUSAL_QUIET_S = 600.0  # after telling a user "not allowed", stay silent this long
 
 
 # -- outboxes: where a streamed answer is written ---------------------------------------------
@@ -156,6 +158,7 @@ class DiscordChat:
     delivered: int = 0
     """Replies fully written to Discord so far (answers and error notes alike)."""
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
+    _refused: dict[tuple[int, int], float] = field(default_factory=dict, repr=False)
 
     async def wait_delivered(self, count: int, limit: float = 60.0) -> None:
         """Wait until ``count`` replies have been delivered (monitoring, tests)."""
@@ -184,7 +187,8 @@ class DiscordChat:
         refusal = self.policy.refusal(place_of(message.author, message.channel, guild_id))
         if refusal is not None:
             log.info("refused user %s in channel %s", message.author.id, incoming.channel_id)
-            await message.reply(refusal, mention_author=False, allowed_mentions=NO_MENTIONS)
+            if self._should_tell_refusal(message.author.id, incoming.channel_id):
+                await message.reply(refusal, mention_author=False, allowed_mentions=NO_MENTIONS)
             return
         text = prompt_text(message.content, bot_id=bot_id)
         if not text:
@@ -212,6 +216,17 @@ class DiscordChat:
             key, text, parent_id=parent_id, platform_message_id=str(message.id)
         )
         await self.stream(events, ChannelOutbox(channel, reference), channel_id, channel)
+
+    def _should_tell_refusal(self, user_id: int, channel_id: int) -> bool:
+        """One refusal note per user and channel per quiet period: no spam, no ping-pong."""
+        now = time.monotonic()
+        last = self._refused.get((user_id, channel_id))
+        if last is not None and now - last < REFUSAL_QUIET_S:
+            return False
+        if len(self._refused) > 10_000:
+            self._refused.clear()
+        self._refused[(user_id, channel_id)] = now
+        return True
 
     async def _replied_bot_message(self, bot_id: int, message: discord.Message) -> int | None:
         ref = message.reference

@@ -77,6 +77,16 @@ class EditPacer:
                 yield
             finally:
                 self._last[channel_id] = self._clock()
+                if len(self._last) > 4096:  # forget channels idle for a while
+                    self._forget_idle()
+
+    def _forget_idle(self) -> None:
+        cutoff = self._clock() - self.interval
+        for channel_id, last in list(self._last.items()):
+            lock = self._locks.get(channel_id)
+            if last < cutoff and (lock is None or not lock.locked()):
+                self._last.pop(channel_id, None)
+                self._locks.pop(channel_id, None)
 
 
 class LiveReply(Generic[H]):
@@ -171,6 +181,8 @@ class LiveReply(Generic[H]):
                 log.warning("streaming edit failed: %s", type(exc).__name__)
 
     async def _write_final(self, chunks: list[str]) -> None:
+        """Edit the messages into the final text; if editing keeps failing, post the final
+        text as new messages instead, so the answer is never lost."""
         for attempt in range(1, self._attempts + 1):
             try:
                 async with self._pacer.slot(self._channel):
@@ -178,8 +190,14 @@ class LiveReply(Generic[H]):
                 return
             except Exception as exc:
                 log.warning("final edit failed (attempt %d): %s", attempt, type(exc).__name__)
-                if attempt == self._attempts:
-                    raise
+        stale = list(self.handles)
+        self.handles, self._contents = [], []
+        for i, chunk in enumerate(chunks):
+            self.handles.append(await self._outbox.send(chunk, first=i == 0))
+            self._contents.append(chunk)
+        for handle in stale:  # the half-streamed copies would only confuse
+            with contextlib.suppress(Exception):
+                await self._outbox.delete(handle)
 
     async def _sync(self, chunks: list[str], *, recreate: bool = False) -> None:
         for i, chunk in enumerate(chunks):

@@ -321,6 +321,23 @@ async def test_rate_limit_mid_stream_honours_retry_after(
     assert message["content"] == answer  # the final text was not lost
 
 
+async def test_final_text_survives_a_deleted_message(
+    fake: FakeDiscord, engine: LlamaEngine, store: MemoryStore
+) -> None:
+    service = make_service(engine, store, max_tokens=120)
+    key = f"discord:{CHANNEL_ID}:{ALICE}"
+    async with running(config_for(fake, edit_interval=0.2), service) as bot:
+        await fake.user_message(ALICE, f"{MENTION} Describe a sunset at sea.", mentions=[BOT_ID])
+        await fake.wait_for(lambda _: fake.find("POST", CREATE))
+        fake.messages.clear()  # a moderator deletes the half-streamed answer
+        answer = await reply_in(bot, store, key, 1)
+    assert any(c.status == 404 for c in fake.calls if c.method == "PATCH")
+    (message,) = fake.bot_messages(CHANNEL_ID)
+    assert message["content"] == answer
+    stored = next(t for t in await store.all_messages(key) if t.role == "assistant")
+    assert stored.platform_message_id == message["id"]
+
+
 async def test_everyone_in_model_output_pings_nobody(
     fake: FakeDiscord, service: ChatService, store: MemoryStore
 ) -> None:
@@ -417,6 +434,7 @@ async def test_access_refusal(fake: FakeDiscord, service: ChatService, store: Me
     async with running(cfg, service):
         await fake.user_message(BOB, f"{MENTION} hi", mentions=[BOT_ID])  # BOB lacks the role
         refused = await fake.wait_for(lambda _: fake.bot_messages(CHANNEL_ID))
+        await fake.user_message(BOB, f"{MENTION} hi again", mentions=[BOT_ID])  # no 2nd note
         await fake.user_message(
             ALICE, f"{MENTION} hi", mentions=[BOT_ID], channel_id=OTHER_CHANNEL_ID
         )
@@ -424,6 +442,7 @@ async def test_access_refusal(fake: FakeDiscord, service: ChatService, store: Me
         token = await fake.interaction(BOB, "stats")
         calls = await fake.wait_for(lambda _: [c for c in fake.calls if token in c.path])
     assert len(refused) == 1 and "not allowed" in refused[0]["content"]
+    assert len(fake.bot_messages(CHANNEL_ID)) == 2  # one refusal for BOB + the /stats answer
     assert "channel" in refused_channel[0]["content"]
     assert calls[0].body["data"]["flags"] & 64 and "not allowed" in calls[0].body["data"]["content"]
     assert await store.all_messages(f"discord:{CHANNEL_ID}:{BOB}") == []
