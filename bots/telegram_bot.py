@@ -66,6 +66,8 @@ TIMEOUT_APOLOGY = "Sorry — that took too long, so I stopped. Please try again 
 SHUTDOWN_NOTE = "⏹ Interrupted: the bot is restarting. Send your message again in a minute."
 STOPPED_NOTE = "⏹ Stopped."
 EMPTY_ANSWER = "I have no answer to that. Try /retry or rephrase your message."
+REFUSAL_QUIET_S = 600.0
+"""After telling someone they may not use the bot, stay quiet in that chat this long."""
 
 COMMANDS: list[tuple[str, str]] = [
     ("start", "Say hello and show what I can do"),
@@ -153,6 +155,7 @@ class TelegramBot:
         self.replies_finished = 0
         self._finished = asyncio.Condition()
         self._active: set[str] = set()
+        self._refused: dict[tuple[int, int], float] = {}
         self._stopping = False
         self.app: Application = (  # type: ignore[type-arg]
             ApplicationBuilder()
@@ -231,9 +234,21 @@ class TelegramBot:
                 incoming.user_id,
                 access.value,
             )
-            await self._say(message, REFUSALS[access])
+            if self._first_refusal(incoming.chat_id, incoming.user_id):
+                await self._say(message, REFUSALS[access])
             return None
         return incoming
+
+    def _first_refusal(self, chat_id: int, user_id: int) -> bool:
+        """One polite refusal per person and chat per quiet period: no spam, no ping-pong."""
+        now = time.monotonic()
+        last = self._refused.get((chat_id, user_id))
+        if last is not None and now - last < REFUSAL_QUIET_S:
+            return False
+        if len(self._refused) > 10_000:
+            self._refused.clear()
+        self._refused[(chat_id, user_id)] = now
+        return True
 
     async def _say(self, message: Message, text: str) -> None:
         """A short plain reply (commands, refusals, errors); failures are only logged."""

@@ -13,12 +13,14 @@ Rules:
   shared context.
 * Access: admins may always use the bot. Otherwise ``allowed_user_ids`` (when set) and, in
   groups, ``allowed_chat_ids`` (when set) must both let the message through, and private chats
-  need ``allow_private``. A refused person is told so politely once per message that addressed
-  the bot; the bot stays silent in groups unless addressed.
+  need ``allow_private``. A refused person is told so politely once (then left alone for a
+  while, so a spammer cannot make the bot spam); the bot stays silent in groups unless
+  addressed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -166,7 +168,8 @@ def strip_mentions(text: str, bot_username: str) -> str:
         else:
             out.append(text[i:j])
         i = after
-    return " ".join("".join(out).split(" ")).strip()
+    joined = re.sub(r"[ \t]{2,}", " ", "".join(out))
+    return re.sub(r"^[\s,:;]+", "", joined).strip()
 
 
 def is_addressed(msg: Incoming, bot_username: str, bot_id: int) -> bool:

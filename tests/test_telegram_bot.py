@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 
-from bots.telegram_bot import STOPPED_NOTE, TelegramBot
+from bots.telegram_bot import APOLOGY, STOPPED_NOTE, TIMEOUT_APOLOGY, TelegramBot
 from bots.telegram_format import markdown_to_html
 from bots.telegram_frontend import TelegramFrontend, create
 from bots.telegram_rules import REFUSALS, Access
 from bots.telegram_stream import CURSOR
 from core.config import ChatConfig, Config, GenerationConfig, Secret, TelegramConfig
 from core.memory import MemoryStore
+from core.serve import build_frontends, run_frontends
 from core.service import ChatService
 from tests.fakes.telegram_api import FakeBotAPI, FakeMessage, User, visible_text
 
@@ -366,6 +367,7 @@ async def test_access_control(api: FakeBotAPI, service: ChatService) -> None:
         api.send_text(BOB.id, BOB, "hello?")
         refused = await said(api, BOB.id, lambda t: True)
         assert refused.text == REFUSALS[Access.PRIVATE_DISABLED]
+        api.send_text(BOB.id, BOB, "hello??")  # told once; not again right away
         api.send_text(GROUP, BOB, f"{MENTION} hi", chat_type="supergroup")
         await said(api, GROUP, lambda t: t == REFUSALS[Access.USER_NOT_ALLOWED])
         api.send_text(-999, ALICE, f"{MENTION} hi", chat_type="group")
@@ -423,3 +425,61 @@ async def test_token_never_logged_and_bad_token_is_clear(
         await wrong.run(asyncio.Event(), asyncio.Event())
     assert "rejected the token" in str(info.value)
     assert "1:wrong" not in str(info.value)
+
+
+async def test_busy_engine_shows_queue_position(api: FakeBotAPI, service: ChatService) -> None:
+    people = [User(2000 + i, f"User{i}") for i in range(6)]
+    for person in people:
+        await service.update_settings(f"telegram:{person.id}:{person.id}", {"max_tokens": 60})
+    async with running(api, service) as bot:
+        for person in people:  # more people than the engine has slots
+            api.send_text(person.id, person, "Count from one to twenty in words.")
+        await reply_text(api, bot, people[0].id, len(people))
+    queued = [c for c in api.calls_to("sendMessage") if c.params["text"].startswith("⏳")]
+    assert queued, "someone had to wait and was told their place in the queue"
+    assert "ahead of you" in queued[0].params["text"]
+    for call in queued:  # …and that status message became the answer
+        chat = int(call.params["chat_id"])
+        [answer] = await assistant_turns(service, f"telegram:{chat}:{chat}")
+        assert [m.text for m in api.bot_messages(chat)] == [rendered(answer)]
+
+
+async def test_timeout_becomes_an_apology(api: FakeBotAPI, service: ChatService) -> None:
+    key = f"telegram:{ALICE.id}:{ALICE.id}"
+    await service.update_settings(key, {"max_tokens": 900})
+    async with running(api, service, reply_timeout=1.0) as bot:
+        api.send_text(ALICE.id, ALICE, "Write a very long story about dragons.")
+        [message] = await reply_text(api, bot, ALICE.id, 1)
+    assert message.text.endswith(TIMEOUT_APOLOGY)
+    assert "Traceback" not in message.text
+    assert not service.busy(key), "the generation was cancelled, the conversation released"
+    assert await assistant_turns(service, key) == []  # no half answer stored
+
+
+async def test_backend_failure_becomes_an_apology(
+    api: FakeBotAPI, engine: Any, tmp_path: Path
+) -> None:
+    broken_store = await MemoryStore.open(tmp_path / "gone.sqlite")
+    await broken_store.aclose()  # the database is gone: every call fails inside the service
+    service = ChatService(engine, broken_store)
+    async with running(api, service) as bot:
+        api.send_text(ALICE.id, ALICE, "Hello?")
+        [message] = await reply_text(api, bot, ALICE.id, 1)
+        api.send_text(ALICE.id, ALICE, "/stats")
+        await said(api, ALICE.id, lambda t: t == APOLOGY and len(api.bot_messages(ALICE.id)) == 2)
+    assert message.text == APOLOGY
+
+
+async def test_runs_inside_finechat_serve(api: FakeBotAPI, service: ChatService) -> None:
+    """Found through the entry point and run by serve's own loop, stopped by its stop event."""
+    config = Config(telegram=base_config(api))
+    [frontend] = build_frontends(config, service, {"telegram"})
+    assert frontend.name == "telegram"
+    stop = asyncio.Event()
+    serving = asyncio.create_task(run_frontends([frontend], stop, start_timeout=30))
+    await api.wait_for(lambda: api.calls_to("getUpdates"), 30)
+    api.send_text(ALICE.id, ALICE, "Hi!")
+    bot: TelegramBot = frontend.bot  # type: ignore[attr-defined]
+    await asyncio.wait_for(bot.wait_replies(1), 60)
+    stop.set()
+    assert await asyncio.wait_for(serving, 30) == 0
