@@ -586,3 +586,12 @@ async def test_bad_token_fails_fast_without_echoing_it(
     with pytest.raises(DiscordStartError) as err:
         await asyncio.wait_for(frontend.run(asyncio.Event(), asyncio.Event()), 10)
     assert "token was rejected" in str(err.value) and secret not in str(err.value)
+
+
+async def test_missing_message_content_intent_is_explained(
+    fake: FakeDiscord, service: ChatService
+) -> None:
+    fake.message_content_enabled = False
+    frontend = DiscordFrontend(config_for(fake), service, guild_ready_timeout=0.05)
+    with pytest.raises(DiscordStartError, match="MESSAGE CONTENT INTENT"):
+        await asyncio.wait_for(frontend.run(asyncio.Event(), asyncio.Event()), 20)

@@ -35,6 +35,7 @@ ALICE = 101
 BOB = 102
 CAROL = 103
 OTHER_BOT = 104
+MESSAGE_CONTENT_INTENT = 1 << 15
 
 USERS = {
     BOT_ID: {"username": "finechat", "bot": True},
@@ -85,6 +86,8 @@ class Call:
 @dataclass
 class FakeDiscord:
     token: str = TOKEN
+    message_content_enabled: bool = True
+    """False acts like a bot whose MESSAGE CONTENT switch is off in the developer portal."""
     url: str = ""
     gateway_url: str = ""
     calls: list[Call] = field(default_factory=list)
@@ -274,6 +277,11 @@ class FakeDiscord:
             elif op == 2:
                 if payload["d"].get("token") != self.token:
                     await ws.close(code=4004, message=b"Authentication failed.")
+                    break
+                if payload["d"].get("intents", 0) & MESSAGE_CONTENT_INTENT and not (
+                    self.message_content_enabled
+                ):
+                    await ws.close(code=4014, message=b"Disallowed intent(s).")
                     break
                 self.identify_count += 1
                 await self._send_ready(ws)
