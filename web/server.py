@@ -114,6 +114,17 @@ def build_app(service: ChatService, web: WebConfig) -> FastAPI:
         result = await health.check(service)
         return JSONResponse(result.as_json(), status_code=200 if result.ok else 503)
 
+    from fastapi.responses import Response
+
+    from core.metrics import CONTENT_TYPE, metrics_for
+
+    metrics = metrics_for(service)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format: turns, errors, queue, TTFT, tokens/s, slots, database size."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
     auth = read_auth_file(web.auth_file) if web.auth_file else None
     oauth = oauth_available() and auth is None
     gr.mount_gradio_app(
