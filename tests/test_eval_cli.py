@@ -71,6 +71,7 @@ def test_quick_report_on_the_bundled_model_at_two_temperatures(tmp_path: Path) -
     for heading in (
         "## Models",
         "## Latency",
+        "### Answers",
         "### Held-out perplexity",
         "### Pairwise preference (judge)",
         "### Arena votes",
@@ -193,3 +194,30 @@ def test_quick_report_bundled_against_the_tiny_exported_model(tmp_path: Path) ->
     assert pair["wins_first"] + pair["wins_second"] + pair["ties"] == 4
     for png in ("latency_vs_quality.png", "per_prompt_wins.png"):
         assert (out / png).read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.slow
+def test_a_conversation_longer_than_the_context_is_reported_not_fatal(tmp_path: Path) -> None:
+    long = "Please summarise this. " + "The quick brown fox jumps over the lazy dog. " * 80
+    rows = [
+        {"id": "long", "conversations": [{"from": "human", "value": long}, {"from": "gpt", "value": "A fox."}]},
+        {"id": "short", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi!"}]},
+    ]  # fmt: skip
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "o"
+    r = run(
+        "--quick", "--prompts", str(prompts), "--n-ctx", "256", "--rounds", "1",
+        "--max-tokens", "8", "--out", str(out), "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    (ppl,) = res["perplexity"]
+    assert ppl["skipped_prompts"] == ["long"] and list(ppl["per_prompt"]) == ["short"]
+    for v in res["variants"]:
+        assert v["answers"][0] == "" and v["answers"][1]
+    (pair,) = res["pairwise"]
+    assert [i["truncated"] for i in pair["items"]] == [True, False]
+    md = (out / "report.md").read_text()
+    assert "| 0 (+1 skipped) |" in md
+    assert "| 0/2 | 1/2 | 1/2 |" in md  # answers: stopped, hit max_tokens, empty

@@ -56,8 +56,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--top-p", dest="eval_top_p", type=float)
     p.add_argument("--max-tokens", dest="eval_max_tokens", type=int, help="answer length cap")
     p.add_argument("--seed", dest="eval_seed", type=int, help=f"default {DEFAULT_SEED}")
-    p.add_argument("--n-ctx", type=int, help="context size in tokens")
-    p.add_argument("--threads", type=int, help="CPU threads for llama.cpp (0 = all, max 8)")
+    p.add_argument("--n-ctx", dest="eval_n_ctx", type=int, help="context size in tokens")
+    p.add_argument(
+        "--threads",
+        dest="eval_threads",
+        type=int,
+        help="CPU threads for llama.cpp (0 = all, max 8)",
+    )
     p.add_argument("--prompts", help="jsonl of conversations (default: the shipped held-out set)")
     p.add_argument("--limit", type=int, help="use only the first N prompts")
     p.add_argument("--rounds", type=int, help=f"latency repetitions (default {DEFAULT_ROUNDS})")
@@ -137,10 +142,16 @@ def build_plan(config: Config, args: argparse.Namespace) -> Any:
             if args.judge
             else max(files, key=lambda f: (f.size_bytes, f.label))
         )
-    n_ctx = args.n_ctx if args.n_ctx is not None else (QUICK_N_CTX if quick else config.model.n_ctx)
+    n_ctx = (
+        args.eval_n_ctx
+        if args.eval_n_ctx is not None
+        else (QUICK_N_CTX if quick else config.model.n_ctx)
+    )
     if n_ctx < 256:
         raise EvalConfigError(f"--n-ctx must be at least 256 (got {n_ctx})")
-    threads = args.threads if args.threads is not None else config.model.n_threads
+    if max_tokens >= n_ctx:
+        raise EvalConfigError(f"--max-tokens ({max_tokens}) must be smaller than --n-ctx ({n_ctx})")
+    threads = args.eval_threads if args.eval_threads is not None else config.model.n_threads
     if threads < 0:
         raise EvalConfigError(f"--threads must be 0 or more (got {threads})")
     threads = threads or default_threads()

@@ -115,7 +115,7 @@ def judge_messages(
     body = (
         "Here is a conversation between a user and an assistant, followed by two candidate "
         "answers to the user's last message.\n\n"
-        f"[CONVERSATION]\n{_clip(convo, MAX_CONTEXT_CHARS)}\n\n"
+        f"[CONVERSATION]\n{_clip(convo, min(MAX_CONTEXT_CHARS, limit))}\n\n"
         f"[ANSWER A]\n{_clip(answer_a, limit)}\n\n"
         f"[ANSWER B]\n{_clip(answer_b, limit)}\n\n"
         "Which answer is better? Reply with a single letter: A if answer A is better, "

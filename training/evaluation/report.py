@@ -157,6 +157,7 @@ def to_json(res: EvalResult, env: dict[str, Any]) -> dict[str, Any]:
                 "perplexity": _finite(pr.perplexity),
                 "bits_per_byte": _finite(pr.bits_per_byte),
                 "tokens": pr.tokens,
+                "skipped_prompts": pr.skipped,
                 "seconds": pr.seconds,
                 "per_prompt": {
                     k: {
@@ -352,6 +353,23 @@ def latency_table(res: EvalResult) -> list[str]:
     return _table(header, rows)
 
 
+def answers_table(res: EvalResult) -> list[str]:
+    """How the judged answers ended: a model that never stops by itself is a quality signal too."""
+    rows = []
+    for vr in res.variants:
+        first = min(vr.trials, key=lambda t: t.round)
+        n = len(first.runs)
+        stop = sum(1 for r in first.runs if r.finish_reason == "stop")
+        empty = sum(1 for r in first.runs if r.completion_tokens == 0)
+        length = sum(1 for r in first.runs if r.finish_reason == "length" and r.completion_tokens)
+        mean = sum(r.completion_tokens for r in first.runs) / n if n else math.nan
+        rows.append(
+            [vr.variant.name, f"{stop}/{n}", f"{length}/{n}", f"{empty}/{n}", _fmt(mean, 1)]
+        )
+    header = ["variant", "stopped by itself", "hit max_tokens", "empty", "mean tokens"]
+    return _table(header, rows)
+
+
 def perplexity_table(res: EvalResult) -> list[str]:
     rows = []
     for pr in res.perplexity.values():
@@ -368,7 +386,8 @@ def perplexity_table(res: EvalResult) -> list[str]:
                 str(pr.tokens),
                 _fmt(pr.perplexity, 3),
                 _fmt(pr.bits_per_byte, 3),
-                str(sum(1 for s in pr.scores.values() if s.truncated)),
+                f"{sum(1 for s in pr.scores.values() if s.truncated)}"
+                + (f" (+{len(pr.skipped)} skipped)" if pr.skipped else ""),
                 check,
             ]
         )
@@ -480,6 +499,13 @@ def markdown(res: EvalResult, env: dict[str, Any], plots: list[str]) -> str:
         *latency_table(res),
         "",
         "## Quality",
+        "",
+        "### Answers",
+        "",
+        "How the first round's answers (the ones the judge reads) ended. An empty answer means",
+        "the conversation alone filled the context window (raise --n-ctx).",
+        "",
+        *answers_table(res),
         "",
         "### Held-out perplexity",
         "",

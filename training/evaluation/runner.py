@@ -129,6 +129,7 @@ class PerplexityResult:
     model: ModelFile
     scores: dict[str, TextScore] = field(default_factory=dict)
     sanity: list[SanityCheck] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -210,13 +211,20 @@ def _perplexity(plan: EvalPlan, model: ModelFile, progress: Progress) -> Perplex
         model.path, n_ctx=plan.n_ctx, n_threads=plan.n_threads, n_batch=plan.n_batch
     ) as scorer:
         for p in plan.prompts.prompts:
-            if p.reference is not None:
-                prefix = scorer.encode_prompt(p.with_system(plan.system_prompt))
+            prefix = scorer.encode_prompt(p.with_system(plan.system_prompt))
+            if p.reference is None:
+                pass
+            elif len(prefix) >= scorer.n_ctx:
+                out.skipped.append(p.id)  # the conversation alone fills the context
+            else:
                 out.scores[p.id] = scorer.continuation_nll(prefix, scorer.tokenize(p.reference))
             progress("perplexity", 1)
         rng = random.Random(plan.seed)
         for p in plan.prompts.prompts[: plan.sanity_prompts]:
             prefix = scorer.encode_prompt(p.with_system(plan.system_prompt))
+            if len(prefix) + 4 >= scorer.n_ctx:
+                progress("perplexity", 1)
+                continue
             greedy = scorer.greedy(prefix, plan.sanity_tokens)
             # A degenerate continuation (one token repeated) has no order to destroy: skip it.
             if len(greedy) >= 4 and len(set(greedy)) > 1:
