@@ -276,7 +276,7 @@ class RemoteEngine:
         template = ChatTemplate(template_source or FALLBACK_TEMPLATE)
         model = config.model or probe.model
         info = ModelInfo(
-            name=name or model or "remote",
+            name=name or _display_name(model) or "remote",
             path=config.base_url,
             n_ctx=effective_ctx,
             template=template,
@@ -550,6 +550,13 @@ async def _probe_tokenizer(endpoint: EndpointTokenizer) -> bool:
         return await endpoint.probe()
     except httpx.TransportError:
         return True
+
+
+def _display_name(model_id: str) -> str:
+    """llama_cpp.server names a model by its file path: show ``SmolLM2-135M.Q4_1``, not the path."""
+    if model_id.lower().endswith(".gguf"):
+        return os.path.basename(model_id)[: -len(".gguf")]
+    return model_id
 
 
 def _retry_after(response: httpx.Response) -> float:
