@@ -131,6 +131,7 @@ def test_pair_result_counts_ties_as_half_with_a_wilson_interval() -> None:
     pair = PairResult("x", "y", "judge", items)
     assert (pair.wins_first, pair.wins_second, pair.ties) == (3, 1, 1)
     assert pair.win_rate == pytest.approx(0.7)
+    assert pair.mean_soft == pytest.approx(0.5)
     lo, hi = pair.interval
     assert 0 < lo < 0.7 < hi < 1
     # A judge that always says "A" is inconsistent under the swap.

@@ -98,6 +98,14 @@ class PairResult:
         return wilson_interval(self.wins_first + 0.5 * self.ties, len(self.items))
 
     @property
+    def mean_soft(self) -> float:
+        """The first model's expected score from the judge's probabilities (0.5 = no preference).
+
+        Shows a lean that the hard, both-orders-must-agree verdicts round away to ties."""
+        n = len(self.items)
+        return sum(i.soft for i in self.items) / n if n else math.nan
+
+    @property
     def consistency(self) -> float:
         n = len(self.items)
         return sum(1 for i in self.items if i.consistent) / n if n else math.nan

@@ -183,6 +183,7 @@ def to_json(res: EvalResult, env: dict[str, Any]) -> dict[str, Any]:
                 "win_rate_first": _finite(pair.win_rate),
                 "ci95": [_finite(x) for x in pair.interval],
                 "position_consistency": _finite(pair.consistency),
+                "mean_soft_first": _finite(pair.mean_soft),
                 "items": [
                     {
                         "prompt_id": it.prompt_id,
@@ -415,6 +416,7 @@ def pairwise_table(res: EvalResult) -> list[str]:
                 str(p.ties),
                 _fmt(p.win_rate, 3),
                 f"{_fmt(lo, 3)}–{_fmt(hi, 3)}",
+                _fmt(p.mean_soft, 3),
                 _fmt(p.consistency, 2),
             ]
         )
@@ -426,6 +428,7 @@ def pairwise_table(res: EvalResult) -> list[str]:
         "ties",
         "1st win rate",
         "95% CI",
+        "1st judge prob.",
         "order-consistent",
     ]
     return _table(header, rows)
@@ -525,6 +528,8 @@ def markdown(res: EvalResult, env: dict[str, Any], plots: list[str]) -> str:
             f"Judge: `{plan.judge.label if plan.judge else ''}`. Each prompt is judged twice with the",
             "answers swapped; a win needs both orders to agree, anything else is a tie. Win rate",
             "counts ties as half; the interval is Wilson's 95 % score interval. "
+            "'1st judge prob.' is the first model's expected score from the judge's letter",
+            "probabilities, averaged over both orders and all prompts (0.5 = no lean);",
             "'order-consistent' is the share of prompts where both orders gave the same verdict.",
             "",
             *pairwise_table(res),
