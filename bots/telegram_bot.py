@@ -66,6 +66,7 @@ TIMEOUT_APOLOGY = "Sorry — that took too long, so I stopped. Please try again 
 SHUTDOWN_NOTE = "⏹ Interrupted: the bot is restarting. Send your message again in a minute."
 STOPPED_NOTE = "⏹ Stopped."
 EMPTY_ANSWER = "I have no answer to that. Try /retry or rephrase your message."
+NOT_TEXT = "I can only read text for now — please type your message."
 REFUSAL_QUIET_S = 600.0
 """After telling someone they may not use the bot, stay quiet in that chat this long."""
 
@@ -210,6 +211,15 @@ class TelegramBot:
         self.app.add_handler(
             MessageHandler(filters.TEXT & ~filters.COMMAND & only_messages, self._on_text)
         )
+        self.app.add_handler(
+            MessageHandler(
+                filters.ChatType.PRIVATE
+                & ~filters.TEXT
+                & ~filters.StatusUpdate.ALL
+                & only_messages,
+                self._on_not_text,
+            )
+        )
         self.app.add_error_handler(self._on_error)
 
     # -- gatekeeping -----------------------------------------------------------------------
@@ -277,6 +287,11 @@ class TelegramBot:
             await self._say(message, "Yes? Write your question after my name.")
             return
         await self._answer(message, incoming_ok, text)
+
+    async def _on_not_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Photos, stickers, voice… in a private chat: say so rather than stay silent."""
+        if await self._admit(update) is not None and update.message is not None:
+            await self._say(update.message, NOT_TEXT)
 
     async def _on_ask(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         incoming = await self._admit(update)

@@ -18,9 +18,16 @@ from typing import Any
 
 import pytest
 
-from bots.telegram_bot import APOLOGY, STOPPED_NOTE, TIMEOUT_APOLOGY, TelegramBot
+from bots.telegram_bot import (
+    APOLOGY,
+    NOT_TEXT,
+    SHUTDOWN_NOTE,
+    STOPPED_NOTE,
+    TIMEOUT_APOLOGY,
+    TelegramBot,
+)
 from bots.telegram_format import markdown_to_html
-from bots.telegram_frontend import TelegramFrontend, create
+from bots.telegram_frontend import TelegramFrontend, TelegramStartError, create
 from bots.telegram_rules import REFUSALS, Access
 from bots.telegram_stream import CURSOR
 from core.config import ChatConfig, Config, GenerationConfig, Secret, TelegramConfig
@@ -95,6 +102,11 @@ async def said(api: FakeBotAPI, chat: int, predicate: Any, within: float = 30) -
 
     result: FakeMessage = await api.wait_for(find, within)
     return result
+
+
+def streaming(api: FakeBotAPI, chat: int) -> bool:
+    """Whether an answer is visibly mid-stream in ``chat``."""
+    return any(m.text.endswith(CURSOR) for m in api.bot_messages(chat))
 
 
 def rendered(markdown: str) -> str:
@@ -349,7 +361,7 @@ async def test_commands(api: FakeBotAPI, service: ChatService) -> None:
         # /cancel during a long answer: the partial answer stays, marked as stopped
         await service.update_settings(key, {"max_tokens": 400})
         api.send_text(chat, ALICE, "Write a long poem about the sea.")
-        await api.wait_for(lambda: api.bot_messages(chat)[-1].text.endswith(CURSOR), 60)
+        await api.wait_for(lambda: streaming(api, chat), 60)
         await command("/cancel", lambda t: t == "OK, stopping.")
         await bot.wait_replies(3)
         stopped = [m for m in api.bot_messages(chat) if m.text.endswith(STOPPED_NOTE)]
@@ -421,10 +433,19 @@ async def test_token_never_logged_and_bad_token_is_clear(
 
     wrong = create(Config(telegram=replace(base_config(api), token=Secret("1:wrong"))), service)
     assert wrong is not None
-    with pytest.raises(Exception) as info:
+    with pytest.raises(TelegramStartError) as info:
         await wrong.run(asyncio.Event(), asyncio.Event())
     assert "rejected the token" in str(info.value)
     assert "1:wrong" not in str(info.value)
+
+    port = api.port
+    await api.stop()  # nothing listens there any more
+    gone = create(Config(telegram=base_config(api)), service)
+    assert gone is not None
+    with pytest.raises(TelegramStartError) as unreachable:
+        await gone.run(asyncio.Event(), asyncio.Event())
+    assert f"cannot reach the Bot API at http://127.0.0.1:{port}" in str(unreachable.value)
+    assert TOKEN not in str(unreachable.value)
 
 
 async def test_busy_engine_shows_queue_position(api: FakeBotAPI, service: ChatService) -> None:
@@ -483,3 +504,33 @@ async def test_runs_inside_finechat_serve(api: FakeBotAPI, service: ChatService)
     await asyncio.wait_for(bot.wait_replies(1), 60)
     stop.set()
     assert await asyncio.wait_for(serving, 30) == 0
+
+
+async def test_busy_conversation_and_non_text_are_answered_politely(
+    api: FakeBotAPI, service: ChatService
+) -> None:
+    key = f"telegram:{ALICE.id}:{ALICE.id}"
+    await service.update_settings(key, {"max_tokens": 300})
+    async with running(api, service) as bot:
+        api.send_text(ALICE.id, ALICE, "Write a long poem about autumn.")
+        await api.wait_for(lambda: streaming(api, ALICE.id), 60)
+        api.send_text(ALICE.id, ALICE, "And another one!")
+        await said(api, ALICE.id, lambda t: t.startswith("I'm still answering"))
+        api.send_text(
+            ALICE.id, ALICE, "", instead_of_text={"location": {"latitude": 1.5, "longitude": 2.5}}
+        )
+        await said(api, ALICE.id, lambda t: t == NOT_TEXT)
+        await reply_text(api, bot, ALICE.id, 1)
+    history = await service.history(key)
+    assert [t.text for t in history if t.role == "user"] == ["Write a long poem about autumn."]
+
+
+async def test_shutdown_mid_answer_says_so(api: FakeBotAPI, service: ChatService) -> None:
+    key = f"telegram:{ALICE.id}:{ALICE.id}"
+    await service.update_settings(key, {"max_tokens": 900})
+    async with running(api, service):
+        api.send_text(ALICE.id, ALICE, "Write a very long story about a robot.")
+        await api.wait_for(lambda: streaming(api, ALICE.id), 60)
+    [message] = api.bot_messages(ALICE.id)
+    assert message.text.endswith(SHUTDOWN_NOTE)
+    assert not service.busy(key)

@@ -203,17 +203,24 @@ class FakeBotAPI:
         chat_type: str = "private",
         reply_to: tuple[int, int] | None = None,
         reply_to_message: dict[str, Any] | None = None,
+        instead_of_text: dict[str, Any] | None = None,
     ) -> int:
-        """Queue an incoming text message; returns its message id."""
+        """Queue an incoming text message; returns its message id.
+
+        ``instead_of_text`` sends other content (e.g. ``{"location": {...}}``) and no text.
+        """
         message_id = self._new_message_id(chat_id)
         msg: dict[str, Any] = {
             "message_id": message_id,
             "date": int(time.time()),
             "chat": _chat(chat_id, chat_type, user),
             "from": user.as_dict(),
-            "text": text,
         }
-        entities = _entities(text)
+        if instead_of_text is not None:
+            msg.update(instead_of_text)
+        else:
+            msg["text"] = text
+        entities = _entities(text) if instead_of_text is None else []
         if entities:
             msg["entities"] = entities
         if reply_to is not None:
