@@ -340,6 +340,8 @@ class FinechatClient(discord.Client):
         guild_ids: tuple[int, ...] = (),
         **options: Any,
     ) -> None:
+        for flag in ("warn_nacl", "warn_dave"):  # a text bot: no "voice not supported" noise
+            setattr(discord.VoiceClient, flag, False)
         intents = discord.Intents.default()
         intents.message_content = True  # privileged: switch it on in the developer portal
         super().__init__(intents=intents, allowed_mentions=NO_MENTIONS, **options)

@@ -186,7 +186,7 @@ class LiveReply(Generic[H]):
         for attempt in range(1, self._attempts + 1):
             try:
                 async with self._pacer.slot(self._channel):
-                    await self._sync(chunks, recreate=True)
+                    await self._sync(chunks)
                 return
             except Exception as exc:
                 log.warning("final edit failed (attempt %d): %s", attempt, type(exc).__name__)
@@ -199,7 +199,9 @@ class LiveReply(Generic[H]):
             with contextlib.suppress(Exception):
                 await self._outbox.delete(handle)
 
-    async def _sync(self, chunks: list[str], *, recreate: bool = False) -> None:
+    async def _sync(self, chunks: list[str]) -> None:
+        """Make the posted messages show ``chunks``: edit changed ones, post new ones, and
+        re-post any that vanished (deleted by a moderator) so the answer stays complete."""
         for i, chunk in enumerate(chunks):
             if i < len(self.handles):
                 if self._contents[i] == chunk:
@@ -207,8 +209,6 @@ class LiveReply(Generic[H]):
                 try:
                     self.handles[i] = await self._outbox.edit(self.handles[i], chunk)
                 except GoneError:
-                    if not recreate:
-                        raise
                     self.handles[i] = await self._outbox.send(chunk, first=False)
             else:
                 self.handles.append(await self._outbox.send(chunk, first=False))
