@@ -11,7 +11,7 @@ ARGS ?=
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: serve chat test quick lint install-serve install-test
+.PHONY: serve chat test quick lint install-serve install-test install-browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,17 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 install-serve: $(VENV)/.serve-installed
-install-test: $(VENV)/.test-installed
+install-test: $(VENV)/.test-installed install-browser
+
+# The browser test drives Debian's Chromium (never Playwright's own download). CI runs as root
+# on Debian, so it installs it; elsewhere the test skips and says how to install it.
+install-browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else \
+	    echo "warning: no chromium: the browser test will skip (apt-get install chromium chromium-driver)"; \
+	  fi; }
 
 ## serve: the web chat (plus Discord/Telegram when their tokens are set) on the bundled model
 serve: install-serve

@@ -66,8 +66,8 @@ class SideResult:
     def stats(self) -> str:
         if self.done is None:
             if self.queued_behind:
-                return "⏳ waiting for the model…"
-            return "✍️ answering…" if self.text else "…"
+                return "waiting for the model…"
+            return "answering…" if self.text else "…"
         d = self.done
         parts = [f"{d.completion_tokens} tokens"]
         if d.ttft_seconds is not None:
@@ -261,7 +261,7 @@ class ArenaHandlers:
             "tie": "a tie",
             "both_bad": "both bad",
         }[winner]
-        return rows, f"🗳️ Thanks! Recorded: {verdict}.", None, *_vote_buttons(False)
+        return rows, f"Thanks! Recorded: {verdict}.", None, *_vote_buttons(False)
 
     def voter(self, winner: Winner) -> Callable[..., Coroutine[Any, Any, tuple[Any, ...]]]:
         """A handler for one vote button (Gradio reads the signature for request injection)."""
@@ -349,10 +349,10 @@ def build_arena_tab(service: ChatService, browser_state: gr.BrowserState) -> gr.
             stats_b = gr.Markdown("", elem_id="arena-stats-b")
     with gr.Row():
         buttons = [
-            gr.Button("👈 A is better", interactive=False, elem_id="vote-a"),
-            gr.Button("🤝 Tie", interactive=False, elem_id="vote-tie"),
-            gr.Button("👉 B is better", interactive=False, elem_id="vote-b"),
-            gr.Button("👎 Both are bad", interactive=False, elem_id="vote-both-bad"),
+            gr.Button("A is better", interactive=False, elem_id="vote-a"),
+            gr.Button("Tie", interactive=False, elem_id="vote-tie"),
+            gr.Button("B is better", interactive=False, elem_id="vote-b"),
+            gr.Button("Both are bad", interactive=False, elem_id="vote-both-bad"),
         ]
     vote_status = gr.Markdown("", elem_id="arena-vote-status")
     gr.Markdown("### Leaderboard\nWin rate counts a tie (or “both bad”) as half a win.")

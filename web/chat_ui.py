@@ -38,9 +38,9 @@ def _started_status(event: Started) -> str:
     lines = []
     if event.queue_position > 0:
         ahead = event.queue_position
-        lines.append(f"⏳ Waiting for the model ({ahead} answer{'s' if ahead > 1 else ''} ahead)…")
+        lines.append(f"Waiting for the model ({ahead} answer{'s' if ahead > 1 else ''} ahead)…")
     else:
-        lines.append("✍️ Answering…")
+        lines.append("Answering…")
     note = dropped_note(event.dropped_turns)
     if note:
         lines.append(note)
@@ -167,7 +167,7 @@ class ChatHandlers:
         """Stop the answer in flight; the streaming handler then finishes on its own."""
         ident = who(request, profile, browser_id)
         if self.service.cancel(ident.key):
-            return "⏹ Stopping…"
+            return "Stopping…"
         return "Nothing to stop."
 
     async def new_conversation(
@@ -178,7 +178,7 @@ class ChatHandlers:
             await self.service.reset(ident.key)
         except Exception as exc:
             user_error(exc)
-        return [], "🆕 New conversation. The previous one is still saved on the server."
+        return [], "New conversation. The previous one is still saved on the server."
 
     async def save_persona(
         self,
@@ -196,7 +196,7 @@ class ChatHandlers:
             user_error(exc)
         restored = not (persona or "").strip()
         note = "Persona reset to the default." if restored else "Persona saved."
-        return current, f"🎭 {note} It applies from your next message."
+        return current, f"{note} It applies from your next message."
 
     async def save_settings(
         self,
@@ -261,7 +261,7 @@ def build_chat_tab(service: ChatService, browser_state: gr.BrowserState) -> Chat
         feedback_options=None,
         sanitize_html=True,
         allow_tags=False,
-        placeholder="Say hello 👋 — your conversation is remembered.",
+        placeholder="Say hello. Your conversation is remembered.",
     )
     status = gr.Markdown("", elem_id="chat-status")
     with gr.Row(equal_height=True):
@@ -275,10 +275,10 @@ def build_chat_tab(service: ChatService, browser_state: gr.BrowserState) -> Chat
             elem_id="chat-input",
         )
         send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="chat-send")
-        stop = gr.Button("⏹ Stop", variant="stop", scale=1, min_width=80, elem_id="chat-stop")
+        stop = gr.Button("■ Stop", variant="stop", scale=1, min_width=80, elem_id="chat-stop")
     with gr.Row():
         retry = gr.Button("↻ Retry", size="sm", elem_id="chat-retry")
-        new = gr.Button("🆕 New conversation", size="sm", elem_id="chat-new")
+        new = gr.Button("+ New conversation", size="sm", elem_id="chat-new")
     with gr.Accordion("Persona and settings", open=False):
         persona = gr.Textbox(
             label="Persona (system prompt)",
@@ -333,6 +333,13 @@ def build_chat_tab(service: ChatService, browser_state: gr.BrowserState) -> Chat
     )
     stop.click(handlers.stop, [browser_state], [status], api_name="stop", queue=False)
     new.click(handlers.new_conversation, [browser_state], [chatbot, status], api_name="new")
+    # The chatbot's own trash icon means the same thing (else a reload would bring it all back).
+    chatbot.clear(
+        handlers.new_conversation,
+        [browser_state],
+        [chatbot, status],
+        api_visibility="private",
+    )
     save_persona.click(
         handlers.save_persona, [persona, browser_state], [persona, status], api_name="persona"
     )

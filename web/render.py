@@ -99,7 +99,7 @@ def dropped_note(dropped_turns: int) -> str:
         return ""
     s = "" if dropped_turns == 1 else "s"
     return (
-        f"⚠️ {dropped_turns} older message{s} no longer fit in the model's context and "
+        f"Note: {dropped_turns} older message{s} no longer fit in the model's context and "
         "were left out of this answer (they are still saved)."
     )
 

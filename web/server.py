@@ -68,7 +68,7 @@ def build_blocks(service: ChatService, *, oauth: bool = False) -> gr.Blocks:
             None, storage_key=BROWSER_STORAGE_KEY, secret=_BROWSER_SECRET
         )
         with gr.Row(equal_height=True):
-            gr.Markdown(f"## 💬 finechat · `{service.model_name}`")
+            gr.Markdown(f"## finechat · `{service.model_name}`")
             if oauth:
                 gr.LoginButton(size="sm", scale=0)
         who_line = gr.Markdown("", elem_id="who")
@@ -85,7 +85,11 @@ def build_blocks(service: ChatService, *, oauth: bool = False) -> gr.Blocks:
 
 
 def read_auth_file(path: str) -> list[tuple[str, str]]:
-    """``user:password`` lines (blank lines and ``#`` comments skipped) for Gradio's login page."""
+    """``user:password`` lines for Gradio's login page.
+
+    Blank lines and ``#`` comments are skipped; whitespace around a name or password is ignored
+    (the password itself may contain ``:``).
+    """
     try:
         lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -95,11 +99,11 @@ def read_auth_file(path: str) -> list[tuple[str, str]]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        user, sep, password = line.partition(":")
-        if not sep or not user.strip() or not password:
+        user, sep, password = (part.strip() for part in line.partition(":"))
+        if not sep or not user or not password:
             # Never echo the line: it holds a password.
             raise WebStartError(f"web.auth_file: line {number} is not 'user:password'")
-        pairs.append((user.strip(), password))
+        pairs.append((user, password))
     if not pairs:
         raise WebStartError(f"web.auth_file: {path!r} has no 'user:password' lines")
     return pairs
