@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -147,8 +147,12 @@ class ChatService:
         return name, await self.models.get(name)
 
     async def _observed(
-        self, key: str, kind: str, text: str | bytes, events: AsyncIterator[ReplyEvent]
-    ) -> AsyncIterator[ReplyEvent]:
+        self,
+        key: str,
+        kind: str,
+        text: str | bytes,
+        events: AsyncGenerator[ReplyEvent, None],
+    ) -> AsyncGenerator[ReplyEvent, None]:
         """Pass ``events`` through and report the turn to the observers, however it ends."""
         t0 = time.monotonic()
         started: Started | None = None
@@ -166,6 +170,9 @@ class ChatService:
             outcome = outcome_of(exc)
             raise
         finally:
+            # Close the inner generator now (a consumer that stops early must free the
+            # conversation at once, not when the generator is garbage collected).
+            await events.aclose()
             record = self._record(key, kind, text, outcome, t0, started, done)
             if outcome != "busy":  # a refused second message must not clear the first's model
                 self._turn_model.pop(key, None)
@@ -223,8 +230,12 @@ class ChatService:
         :class:`FinechatError` subclasses for anything the user should be told.
         """
         inner = self._reply(key, text, parent_id, platform_message_id, settings, model)
-        async for event in self._observed(key, "reply", text, inner):
-            yield event
+        observed = self._observed(key, "reply", text, inner)
+        try:
+            async for event in observed:
+                yield event
+        finally:
+            await observed.aclose()  # closing reply() closes the whole chain at once
 
     async def _reply(
         self,
@@ -234,7 +245,7 @@ class ChatService:
         platform_message_id: str | None,
         settings: Mapping[str, Any] | None,
         model: str | None,
-    ) -> AsyncIterator[ReplyEvent]:
+    ) -> AsyncGenerator[ReplyEvent, None]:
         platform_of_key(key)
         clean = clean_user_text(text, max_chars=self.chat_config.max_input_chars)
         cancel = self._claim(key)
@@ -277,12 +288,16 @@ class ChatService:
         self, key: str, *, settings: Mapping[str, Any] | None = None
     ) -> AsyncIterator[ReplyEvent]:
         """Generate a new answer to the last user message; the old answer stays as a branch."""
-        async for event in self._observed(key, "retry", "", self._retry(key, settings)):
-            yield event
+        observed = self._observed(key, "retry", "", self._retry(key, settings))
+        try:
+            async for event in observed:
+                yield event
+        finally:
+            await observed.aclose()
 
     async def _retry(
         self, key: str, settings: Mapping[str, Any] | None
-    ) -> AsyncIterator[ReplyEvent]:
+    ) -> AsyncGenerator[ReplyEvent, None]:
         platform_of_key(key)
         cancel = self._claim(key)
         try:

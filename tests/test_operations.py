@@ -30,7 +30,8 @@ from core.errors import ConversationBusy, InvalidInput
 from core.logs import TurnLogger, register_secret, setup_logging
 from core.memory import MemoryStore, Vote
 from core.metrics import metrics_asgi_app, metrics_for
-from core.service import ChatService, Started
+from core.observe import TurnRecord
+from core.service import ChatService, Delta, Started
 
 BOT_TOKEN = "7123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 
@@ -277,3 +278,23 @@ def test_durations() -> None:
     for bad in ("", "-3d", "0d", "3 days", "d"):
         with pytest.raises(InvalidInput):
             parse_duration(bad)
+
+
+async def test_a_consumer_that_stops_early_frees_the_conversation(service: ChatService) -> None:
+    records: list[TurnRecord] = []
+
+    class Collect:
+        def on_turn(self, record: TurnRecord) -> None:
+            records.append(record)
+
+    service.observers.append(Collect())
+    key = "web:leaver"
+    gen = service.reply(key, "Count from one to fifty in words.")
+    async for event in gen:
+        if isinstance(event, Delta):
+            break
+    await gen.aclose()
+    assert not service.busy(key)  # a new message is accepted right away
+    assert [r.outcome for r in records] == ["abandoned"]
+    assert (await service.ask(key, "hi")).text
+    assert [r.outcome for r in records][-1] in {"stop", "length"}
