@@ -183,6 +183,15 @@ class DiscordChat:
         incoming = incoming_from(message, bot_id, reply_to_bot)
         if not should_answer(incoming, bot_id=bot_id):
             return
+        try:
+            await self._answer(bot_id, message, incoming)
+        except Exception as exc:  # the person asked us: they get a short apology, never a trace
+            log.error("message %s failed: %s", message.id, _describe(exc))
+            with contextlib.suppress(Exception):
+                await message.reply(APOLOGY, mention_author=False, allowed_mentions=NO_MENTIONS)
+
+    async def _answer(self, bot_id: int, message: discord.Message, incoming: Incoming) -> None:
+        reply_to_bot = incoming.reply_to_bot_message_id
         guild_id = incoming.guild_id
         refusal = self.policy.refusal(place_of(message.author, message.channel, guild_id))
         if refusal is not None:
@@ -207,8 +216,11 @@ class DiscordChat:
             and reply_to_bot is None
             and isinstance(message.channel, discord.TextChannel)
         ):
-            channel = await message.create_thread(name=thread_name(text))
-            reference = None
+            try:
+                channel = await message.create_thread(name=thread_name(text))
+                reference = None
+            except discord.HTTPException as exc:  # no permission: answer in the channel
+                log.warning("auto_thread: could not open a thread: %s", _describe(exc))
         channel_id = getattr(channel, "id", incoming.channel_id)
         key = conversation_key(channel_id, message.author.id)
         parent_id = await self._parent_turn(key, reply_to_bot)

@@ -536,6 +536,16 @@ async def test_auto_thread_per_conversation(
     ]
 
 
+async def test_auto_thread_without_permission_answers_in_the_channel(
+    fake: FakeDiscord, service: ChatService, store: MemoryStore
+) -> None:
+    fake.forbid_threads = True
+    async with running(config_for(fake, auto_thread=True), service) as bot:
+        await fake.user_message(ALICE, f"{MENTION} Say hi.", mentions=[BOT_ID])
+        answer = await reply_in(bot, store, f"discord:{CHANNEL_ID}:{ALICE}", 1)
+    assert [m["content"] for m in fake.bot_messages(CHANNEL_ID)] == [answer]
+
+
 async def test_errors_become_short_messages_and_lose_nothing(
     fake: FakeDiscord, engine: LlamaEngine, store: MemoryStore, tmp_path: Path
 ) -> None:

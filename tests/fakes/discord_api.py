@@ -86,6 +86,8 @@ class Call:
 @dataclass
 class FakeDiscord:
     token: str = TOKEN
+    forbid_threads: bool = False
+    """True answers thread creation with 403 Missing Permissions."""
     message_content_enabled: bool = True
     """False acts like a bot whose MESSAGE CONTENT switch is off in the developer portal."""
     url: str = ""
@@ -378,7 +380,7 @@ class FakeDiscord:
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
         status, data = self._handle(request.method, path, body, request.query)
         call.status = status
-        if re.fullmatch(r"/channels/\d+/messages/\d+/threads", path):
+        if status == 200 and re.fullmatch(r"/channels/\d+/messages/\d+/threads", path):
             # Like Discord, announce the new thread on the gateway (discord.py caches it).
             await self.dispatch("THREAD_CREATE", {**data, "newly_created": True})
         await self._record(call)
@@ -452,6 +454,8 @@ class FakeDiscord:
                 del self.messages[mid]
                 return 204, None
         if hit := m(r"/channels/(\d+)/messages/(\d+)/threads", path):
+            if self.forbid_threads:
+                return 403, {"message": "Missing Permissions", "code": 50013}
             tid = next(self._ids)
             data = self._thread_payload(tid, body.get("name", "thread"), owner=BOT_ID)
             data["parent_id"] = hit.group(1)
