@@ -53,13 +53,20 @@ def add_parser(sub: Any) -> None:
         metavar="T",
         help="sampling temperature; repeat to compare settings (default: the configured one)",
     )
-    p.add_argument("--top-p", dest="eval_top_p", type=float)
-    p.add_argument("--max-tokens", dest="eval_max_tokens", type=int, help="answer length cap")
-    p.add_argument("--seed", dest="eval_seed", type=int, help=f"default {DEFAULT_SEED}")
-    p.add_argument("--n-ctx", dest="eval_n_ctx", type=int, help="context size in tokens")
+    p.add_argument("--top-p", dest="eval_top_p", metavar="P", type=float)
+    p.add_argument(
+        "--max-tokens", dest="eval_max_tokens", metavar="N", type=int, help="answer length cap"
+    )
+    p.add_argument(
+        "--seed", dest="eval_seed", metavar="SEED", type=int, help=f"default {DEFAULT_SEED}"
+    )
+    p.add_argument(
+        "--n-ctx", dest="eval_n_ctx", metavar="N", type=int, help="context size in tokens"
+    )
     p.add_argument(
         "--threads",
         dest="eval_threads",
+        metavar="N",
         type=int,
         help="CPU threads for llama.cpp (0 = all, max 8)",
     )

@@ -340,6 +340,7 @@ def latency_table(res: EvalResult) -> list[str]:
                 _cell(lat["prefill_tps"], 1, 1),
                 _cell(lat["decode_tps"], 1, 1),
                 _cell(lat["peak_rss_mib"], 1, 0),
+                _cell(lat["rss_before_load_mib"], 1, 0),
             ]
         )
     header = [
@@ -350,6 +351,7 @@ def latency_table(res: EvalResult) -> list[str]:
         "prefill tok/s",
         "decode tok/s",
         "peak RSS MiB",
+        "of which before load",
     ]
     return _table(header, rows)
 
