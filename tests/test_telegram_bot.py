@@ -276,6 +276,9 @@ async def test_group_memory_is_per_user(api: FakeBotAPI, service: ChatService) -
     assert [t.text for t in alice if t.role == "user"] == ["My name is Alice."]
     assert [t.text for t in bob if t.role == "user"] == ["What is my name?"]
     assert alice[0].conversation_id != bob[0].conversation_id
+    # both answers stream through the group's one edit scheduler: edits ≥ 0.4 s apart
+    edits = [c.at for c in api.calls_to("editMessageText", GROUP)]
+    assert min((b - a for a, b in itertools.pairwise(edits)), default=1.0) >= 0.4 - 0.02
 
 
 async def test_replies_quote_and_continue(api: FakeBotAPI, service: ChatService) -> None:
@@ -451,10 +454,10 @@ async def test_token_never_logged_and_bad_token_is_clear(
 async def test_busy_engine_shows_queue_position(api: FakeBotAPI, service: ChatService) -> None:
     people = [User(2000 + i, f"User{i}") for i in range(6)]
     for person in people:
-        await service.update_settings(f"telegram:{person.id}:{person.id}", {"max_tokens": 60})
+        await service.update_settings(f"telegram:{person.id}:{person.id}", {"max_tokens": 150})
     async with running(api, service) as bot:
         for person in people:  # more people than the engine has slots
-            api.send_text(person.id, person, "Count from one to twenty in words.")
+            api.send_text(person.id, person, "Write a long story about a cat.")
         await reply_text(api, bot, people[0].id, len(people))
     queued = [c for c in api.calls_to("sendMessage") if c.params["text"].startswith("⏳")]
     assert queued, "someone had to wait and was told their place in the queue"
@@ -463,6 +466,10 @@ async def test_busy_engine_shows_queue_position(api: FakeBotAPI, service: ChatSe
         chat = int(call.params["chat_id"])
         [answer] = await assistant_turns(service, f"telegram:{chat}:{chat}")
         assert [m.text for m in api.bot_messages(chat)] == [rendered(answer)]
+        # "typing…" was refreshed while waiting (typing_interval = 0.5 s here)
+        typing = [c.at for c in api.calls_to("sendChatAction", chat)]
+        assert len(typing) >= 2, typing
+        assert min(b - a for a, b in itertools.pairwise(typing)) >= 0.5 - 0.05
 
 
 async def test_timeout_becomes_an_apology(api: FakeBotAPI, service: ChatService) -> None:
