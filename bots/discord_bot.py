@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from bots.discord_events import (
     should_answer,
     thread_name,
 )
-from bots.discord_stream import EditPacer, GoneError, LiveReply, Outbox
+from bots.discord_stream import EditPacer, GoneError, LiveReply, Outbox, RetryLater
 from core.errors import FinechatError
 from core.service import ChatService, Delta, Done, ReplyEvent, Started
 
@@ -45,6 +46,36 @@ REFUSAL_QUIET_S = 600.0  # after telling a user "not allowed", stay silent this 
 # -- outboxes: where a streamed answer is written ---------------------------------------------
 
 
+def rate_limit_of(exc: discord.HTTPException) -> float | None:
+    """``retry_after`` of a 429 that discord.py raised instead of retrying (it retries only
+    429s carrying Discord's ``Via`` header; proxies and fakes may omit it), else None."""
+    if isinstance(exc, discord.RateLimited):
+        return exc.retry_after
+    if exc.status != 429:
+        return None
+    headers = getattr(exc.response, "headers", None) or {}
+    for name in ("X-RateLimit-Reset-After", "Retry-After"):
+        with contextlib.suppress(TypeError, ValueError, KeyError):
+            return max(0.0, float(headers[name]))
+    body: Any = getattr(exc.response, "_body", None)  # aiohttp keeps the body it read
+    with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError):
+        return max(0.0, float(json.loads(body)["retry_after"]))
+    return 1.0
+
+
+@contextlib.contextmanager
+def _outbox_errors() -> Iterator[None]:
+    try:
+        yield
+    except discord.NotFound:
+        raise GoneError from None
+    except discord.HTTPException as exc:
+        retry_after = rate_limit_of(exc)
+        if retry_after is None:
+            raise
+        raise RetryLater(retry_after) from None
+
+
 class ChannelOutbox:
     """Reply in a channel: the first message references the user's, follow-ups don't."""
 
@@ -53,18 +84,17 @@ class ChannelOutbox:
         self.reference = reference
 
     async def send(self, content: str, *, first: bool) -> discord.Message:
-        if first and self.reference is not None:
-            ref = self.reference.to_reference(fail_if_not_exists=False)
-            return await self.channel.send(
-                content, reference=ref, mention_author=False, allowed_mentions=NO_MENTIONS
-            )
-        return await self.channel.send(content, allowed_mentions=NO_MENTIONS)
+        with _outbox_errors():
+            if first and self.reference is not None:
+                ref = self.reference.to_reference(fail_if_not_exists=False)
+                return await self.channel.send(
+                    content, reference=ref, mention_author=False, allowed_mentions=NO_MENTIONS
+                )
+            return await self.channel.send(content, allowed_mentions=NO_MENTIONS)
 
     async def edit(self, handle: discord.Message, content: str) -> discord.Message:
-        try:
+        with _outbox_errors():
             return await handle.edit(content=content, allowed_mentions=NO_MENTIONS)
-        except discord.NotFound:
-            raise GoneError from None
 
     async def delete(self, handle: discord.Message) -> None:
         await handle.delete()
@@ -77,19 +107,18 @@ class InteractionOutbox:
         self.interaction = interaction
 
     async def send(self, content: str, *, first: bool) -> discord.Message:
-        if first:
-            return await self.interaction.edit_original_response(
-                content=content, allowed_mentions=NO_MENTIONS
+        with _outbox_errors():
+            if first:
+                return await self.interaction.edit_original_response(
+                    content=content, allowed_mentions=NO_MENTIONS
+                )
+            return await self.interaction.followup.send(
+                content, wait=True, allowed_mentions=NO_MENTIONS
             )
-        return await self.interaction.followup.send(
-            content, wait=True, allowed_mentions=NO_MENTIONS
-        )
 
     async def edit(self, handle: discord.Message, content: str) -> discord.Message:
-        try:
+        with _outbox_errors():
             return await handle.edit(content=content, allowed_mentions=NO_MENTIONS)
-        except discord.NotFound:
-            raise GoneError from None
 
     async def delete(self, handle: discord.Message) -> None:
         await handle.delete()

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
 from bots.split import split_message
@@ -53,6 +53,17 @@ class Outbox(Protocol[H]):
 
 class GoneError(Exception):
     """Raised by an :class:`Outbox` when the message to edit no longer exists."""
+
+
+class RetryLater(Exception):
+    """Raised by an :class:`Outbox` for a rate limit its HTTP client did not retry itself."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited for {retry_after:.3f} s")
+        self.retry_after = retry_after
+
+
+MAX_RATE_LIMIT_RETRIES = 5
 
 
 class EditPacer:
@@ -166,7 +177,7 @@ class LiveReply(Generic[H]):
             final = self._final is not None
             chunks = self._render()
             if not self.handles:  # the first message is never paced: it is the latency
-                self.handles.append(await self._outbox.send(chunks[0], first=True))
+                self.handles.append(await self._send(chunks[0], first=True))
                 self._contents.append(chunks[0])
                 self.first_sent_at = time.monotonic()
                 if len(chunks) == 1 and not final:
@@ -193,11 +204,27 @@ class LiveReply(Generic[H]):
         stale = list(self.handles)
         self.handles, self._contents = [], []
         for i, chunk in enumerate(chunks):
-            self.handles.append(await self._outbox.send(chunk, first=i == 0))
+            self.handles.append(await self._send(chunk, first=i == 0))
             self._contents.append(chunk)
         for handle in stale:  # the half-streamed copies would only confuse
             with contextlib.suppress(Exception):
                 await self._outbox.delete(handle)
+
+    async def _send(self, content: str, *, first: bool) -> H:
+        return await self._call(lambda: self._outbox.send(content, first=first))
+
+    async def _edit(self, handle: H, content: str) -> H:
+        return await self._call(lambda: self._outbox.edit(handle, content))
+
+    async def _call(self, op: Callable[[], Awaitable[H]]) -> H:
+        """Run one outbox operation, waiting exactly ``retry_after`` on a rate limit."""
+        for _ in range(MAX_RATE_LIMIT_RETRIES):
+            try:
+                return await op()
+            except RetryLater as limit:
+                log.info("rate limited: retrying in %.3f s", limit.retry_after)
+                await asyncio.sleep(limit.retry_after)
+        return await op()
 
     async def _sync(self, chunks: list[str]) -> None:
         """Make the posted messages show ``chunks``: edit changed ones, post new ones, and
@@ -206,12 +233,13 @@ class LiveReply(Generic[H]):
             if i < len(self.handles):
                 if self._contents[i] == chunk:
                     continue
+                handle = self.handles[i]
                 try:
-                    self.handles[i] = await self._outbox.edit(self.handles[i], chunk)
+                    self.handles[i] = await self._edit(handle, chunk)
                 except GoneError:
-                    self.handles[i] = await self._outbox.send(chunk, first=False)
+                    self.handles[i] = await self._send(chunk, first=False)
             else:
-                self.handles.append(await self._outbox.send(chunk, first=False))
+                self.handles.append(await self._send(chunk, first=False))
                 self._contents.append(chunk)
             self._contents[i] = chunk
         while len(self.handles) > len(chunks):  # the final text came out shorter

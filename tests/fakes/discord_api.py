@@ -101,7 +101,7 @@ class FakeDiscord:
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _ws: web.WebSocketResponse | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-    _limits: list[tuple[str, re.Pattern[str], float]] = field(default_factory=list)
+    _limits: list[tuple[str, re.Pattern[str], float, bool]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     dispatched_at: dict[int, float] = field(default_factory=dict)
     threads: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -128,9 +128,13 @@ class FakeDiscord:
 
     # -- test controls ---------------------------------------------------------------------
 
-    def rate_limit_next(self, method: str, path_regex: str, retry_after: float) -> None:
-        """The next ``method`` request whose path matches gets a 429 with ``retry_after``."""
-        self._limits.append((method, re.compile(path_regex), retry_after))
+    def rate_limit_next(
+        self, method: str, path_regex: str, retry_after: float, *, like_discord: bool = True
+    ) -> None:
+        """The next ``method`` request whose path matches gets a 429 with ``retry_after`` in
+        the JSON body. ``like_discord=False`` leaves out the ``Via``/``Retry-After`` headers,
+        as a bare proxy might (discord.py then raises instead of retrying by itself)."""
+        self._limits.append((method, re.compile(path_regex), retry_after, like_discord))
 
     async def wait_for(self, predicate: Callable[[list[Call]], Any], limit: float = 60.0) -> Any:
         """Wait until ``predicate(calls)`` is truthy; return its value."""
@@ -366,12 +370,19 @@ class FakeDiscord:
         call = Call(request.method, path, body, time.monotonic())
         limited = self._take_limit(request.method, path)
         if limited is not None:
+            retry_after, like_discord = limited
             call.status = 429
             await self._record(call)
             return _json(
-                {"message": "You are being rate limited.", "retry_after": limited, "global": False},
+                {
+                    "message": "You are being rate limited.",
+                    "retry_after": retry_after,
+                    "global": False,
+                },
                 status=429,
-                headers={"Via": "1.1 google", "Retry-After": str(limited)},
+                headers={"Via": "1.1 google", "Retry-After": str(retry_after)}
+                if like_discord
+                else {},
             )
         auth = request.headers.get("Authorization", "")
         if not path.startswith(("/webhooks/", "/interactions/")) and auth != f"Bot {self.token}":
@@ -388,11 +399,11 @@ class FakeDiscord:
             return web.Response(status=204)
         return _json(data, status=status)
 
-    def _take_limit(self, method: str, path: str) -> float | None:
-        for i, (m, rx, retry_after) in enumerate(self._limits):
+    def _take_limit(self, method: str, path: str) -> tuple[float, bool] | None:
+        for i, (m, rx, retry_after, like_discord) in enumerate(self._limits):
             if m == method and rx.fullmatch(path):
                 del self._limits[i]
-                return retry_after
+                return retry_after, like_discord
         return None
 
     async def _record(self, call: Call) -> None:
