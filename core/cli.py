@@ -142,10 +142,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return with_overrides(cfg, model=model, generation=generation, database={"path": args.db})
 
 
-def _setup_logging(level: str | None, fmt: str | None = None) -> None:
+def _setup_logging(level: str | None, fmt: str | None = None, content: bool = False) -> None:
     from core.logs import setup_logging
 
-    setup_logging(level or os.environ.get("FINECHAT_LOG_LEVEL") or "warning", fmt or "text")
+    level = level or os.environ.get("FINECHAT_LOG_LEVEL") or "warning"
+    setup_logging(level, fmt or "text", content=content)
 
 
 async def _stream_to(out: Any, service: ChatService, key: str, text: str) -> Done:
@@ -309,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(  # again, now that [logging] is known: flag > env > config
             args.log_level or os.environ.get("FINECHAT_LOG_LEVEL") or config.logging.level,
             getattr(args, "log_format", None) or config.logging.format,
+            config.logging.content,
         )
         return asyncio.run(COMMANDS[args.command](config, args))
     except FinechatError as exc:

@@ -118,10 +118,27 @@ def _text_value(value: Any) -> str:
     return str(value)
 
 
+#: Libraries whose DEBUG output carries message payloads (updates, events, SQL parameters).
+PAYLOAD_LOGGERS = (
+    "telegram",
+    "discord",
+    "aiosqlite",
+    "httpcore",
+    "hpack",
+    "aiohttp",
+    "websockets",
+    "gradio",
+)
+
+
 def setup_logging(
-    level: str | None = None, fmt: str = "text", *, stream: Any = None
+    level: str | None = None, fmt: str = "text", *, content: bool = False, stream: Any = None
 ) -> logging.Handler:
-    """Install the finechat handler on the root logger (replacing one installed before)."""
+    """Install the finechat handler on the root logger (replacing one installed before).
+
+    Without ``content``, platform libraries stay at INFO or above even under ``debug``: their
+    debug lines hold whole updates, message texts included.
+    """
     name = (level or "warning").upper()
     if name not in LEVELS:
         raise ConfigError(f"--log-level: unknown level {level!r}")
@@ -137,8 +154,11 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(name)
     # httpx logs every request at INFO; keep it for debugging only.
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    for name in PAYLOAD_LOGGERS:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if content else max(logging.INFO, root.level)
+        )
     return handler
 
 
