@@ -365,6 +365,12 @@ class RemoteEngine:
             body = (await response.aread())[:300].decode("utf-8", "replace")
             await response.aclose()
             log.warning("remote answered HTTP %d: %s", response.status_code, body)
+            if response.status_code == 400 and "context" in body.lower():
+                log.error(
+                    "the prompt did not fit the server's context: set model.n_ctx (now %d) "
+                    "to the server's context size",
+                    self.info.n_ctx,
+                )
             if response.status_code not in RETRY_STATUS or last:
                 raise EngineUnavailable(UNAVAILABLE)
             await asyncio.sleep(max(delay, _retry_after(response)))
