@@ -172,7 +172,10 @@ class TelegramBot:
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event) -> None:
         async with self.app:  # initialize (getMe) … shutdown
-            await self.app.bot.set_my_commands([BotCommand(c, d) for c, d in COMMANDS])
+            try:
+                await self.app.bot.set_my_commands([BotCommand(c, d) for c, d in COMMANDS])
+            except TelegramError as exc:  # a missing command menu must not keep the bot down
+                log.warning("telegram: setMyCommands failed: %s", telegram_redact.scrub(str(exc)))
             assert self.app.updater is not None
             await self.app.updater.start_polling(
                 timeout=self.config.poll_timeout,

@@ -541,3 +541,14 @@ async def test_shutdown_mid_answer_says_so(api: FakeBotAPI, service: ChatService
     [message] = api.bot_messages(ALICE.id)
     assert message.text.endswith(SHUTDOWN_NOTE)
     assert not service.busy(key)
+
+
+async def test_command_menu_failure_does_not_stop_the_bot(
+    api: FakeBotAPI, service: ChatService
+) -> None:
+    api.fail("setMyCommands", "bad_entities")
+    async with running(api, service) as bot:
+        api.send_text(ALICE.id, ALICE, "Hi!")
+        await reply_text(api, bot, ALICE.id, 1)
+    assert api.calls_to("setMyCommands")[0].status == 400
+    assert api.bot_messages(ALICE.id)
