@@ -366,6 +366,12 @@ async def test_slash_commands(fake: FakeDiscord, service: ChatService, store: Me
         return dict(calls[0].body)
 
     async with running(cfg, service) as bot:
+        # /retry with nothing to retry: the service's explanation, in the deferred response.
+        token = await fake.interaction(CAROL, "retry")
+        await bot.client.chat.wait_delivered(1)
+        original = next(m for m in fake.messages.values() if m.get("interaction_token") == token)
+        assert "nothing to retry" in original["content"]
+
         await fake.user_message(ALICE, f"{MENTION} Say hello.", mentions=[BOT_ID])
         first = await reply_in(bot, store, key, 1)
 
