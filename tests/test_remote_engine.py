@@ -149,7 +149,7 @@ async def test_unreachable_server_at_start_does_not_stop_the_bot(tmp_path: Path)
 
 
 async def test_a_stalled_stream_times_out_cleanly(fake: FakeOpenAI, tmp_path: Path) -> None:
-    fake.first_chunk_delay = 5.0
+    fake.first_chunk_delay = 1.5
     engine = await connect(fake, read_timeout=0.3, retries=0)
     store = await MemoryStore.open(tmp_path / "m.sqlite")
     try:
