@@ -168,13 +168,18 @@ async def test_markup_in_a_message_is_shown_as_text(web: Served) -> None:
 async def test_stop_ends_the_answer_and_keeps_no_partial(web: Served) -> None:
     bid = "stopper" * 4
     c = await call(client, web.url)
-    job = c.submit("Write a very long story about a dragon.", 1.0, 512, bid, api_name="/chat")
+    # Greedy decoding writes this story to the 512-token limit (about 5 s), so it is still
+    # running when the second message and the stop arrive.
+    job = c.submit("Write a very long story about a dragon.", 0.0, 512, bid, api_name="/chat")
     key = "web:anon-" + bid
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
     while not web.service.busy(key):  # the reply is in flight once the service holds the key
         assert loop.time() < deadline, "the reply never started"
         await asyncio.sleep(0.01)
+    # A second message while the first is being answered is refused, not queued or lost silently.
+    with pytest.raises(AppError, match="press Stop"):
+        await call(c.predict, "And another thing!", 0.0, 16, bid, api_name="/chat")
     stopped = await call(c.predict, bid, api_name="/stop")
     assert "Stopping" in stopped
     _, _, status, _ = await call(job.result, timeout=60)

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from core.errors import FinechatError
+from core.errors import ConversationBusy, FinechatError
 from core.memory import Turn
 from core.service import ChatService, Delta, Done, ReplyEvent, Started
 from web.render import (
@@ -25,6 +25,7 @@ from web.render import (
 from web.ui_common import user_error, who
 
 MAX_TOKENS_CAP = 2048
+BUSY_MESSAGE = "Still answering your previous message: press Stop, or wait for it to finish."
 #: Outputs of send/retry: chatbot, textbox, status, browser id.
 ChatUpdate = tuple[list[ChatMessage], str, str, str]
 
@@ -94,6 +95,9 @@ class ChatHandlers:
         """Show a reply as it streams; input errors keep the message in the box (nothing lost)."""
         try:
             first = await anext(events)
+        except ConversationBusy:
+            # The service's wording names the bots' /cancel command; the page has a button.
+            user_error(ConversationBusy(BUSY_MESSAGE))
         except FinechatError as exc:
             user_error(exc)
         except StopAsyncIteration:  # pragma: no cover - a reply always starts
