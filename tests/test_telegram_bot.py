@@ -183,6 +183,7 @@ async def test_long_answer_is_split_never_truncated(api: FakeBotAPI, service: Ch
         )
         messages = await reply_text(api, bot, BOB.id, 1)
     [answer] = await assistant_turns(service, key)
+    print(f"long answer: {len(answer)} characters in {len(messages)} messages")
     assert len(answer) > 4096, f"the model wrote only {len(answer)} characters"
     assert len(messages) == 2
     assert all(len(m.text) <= 4096 for m in messages)
