@@ -230,7 +230,8 @@ async def cmd_history(config: Config, args: argparse.Namespace) -> int:
             print(f"no messages for {key}", file=sys.stderr)
         for turn in turns:
             stamp = datetime.fromtimestamp(turn.created_at).strftime("%Y-%m-%d %H:%M:%S")
-            print(f"[{stamp}] {turn.role}: {turn.text}")
+            text = turn.text.replace("\n", "\n    ")  # continuation lines stay indented
+            print(f"[{stamp}] {turn.role}: {text}")
     finally:
         await store.aclose()
     return 0

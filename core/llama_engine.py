@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import concurrent.futures
 import contextlib
 import ctypes
 import logging
@@ -100,6 +101,14 @@ class _Stream:
 
 
 @dataclass
+class _Forget:
+    """A command for the scheduler thread: drop a conversation's KV and saved state."""
+
+    key: str
+    done: concurrent.futures.Future[None]
+
+
+@dataclass
 class _Active:
     """Per-job state while a job occupies a slot."""
 
@@ -166,6 +175,9 @@ class StateStore:
             self.bytes -= len(saved.state)
         return saved
 
+    def keys(self) -> list[str]:
+        return list(self._items)
+
     def peek_tokens(self, key: str) -> list[int] | None:
         saved = self._items.get(key)
         return saved.tokens if saved else None
@@ -230,7 +242,7 @@ class LlamaEngine:
         self._slots = [_Slot(i) for i in range(n_slots)]
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
-        self._incoming: queue.Queue[_Job | None] = queue.Queue()
+        self._incoming: queue.Queue[_Job | _Forget | None] = queue.Queue()
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
         self._waiting: deque[_Job] = deque()
         self._lock = threading.Lock()
@@ -357,6 +369,36 @@ class LlamaEngine:
     # -- submission (event-loop side) ------------------------------------------------------
 
     @property
+    def slots_busy(self) -> int:
+        """Slots decoding a conversation right now."""
+        return self._n_active
+
+    @property
+    def cached_conversations(self) -> int:
+        """Conversations whose KV is warm in a slot or saved in the RAM store."""
+        owners = {s.owner for s in self._slots if s.owner is not None}
+        return len(owners | set(self.store.keys()))
+
+    async def forget(self, key: str) -> None:
+        """Drop every trace of ``key`` from the KV cache and the state store (data deletion)."""
+        if self._closed:
+            return
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._incoming.put(_Forget(key, done))
+        await asyncio.wrap_future(done)
+
+    def _forget_now(self, command: _Forget) -> None:
+        self.store.pop(command.key)
+        for slot in self._slots:
+            if slot.owner == command.key:
+                if slot.active is not None:
+                    slot.active.job.cancelled.set()
+                    self._finish(slot, "cancelled")
+                self._clear(slot)
+                slot.owner = None
+        command.done.set_result(None)
+
+    @property
     def pending(self) -> int:
         """Generations queued or running."""
         return self._n_waiting + self._n_active
@@ -408,7 +450,10 @@ class LlamaEngine:
         while True:
             if job is None:
                 return False
-            self._waiting.append(job)
+            if isinstance(job, _Forget):
+                self._forget_now(job)
+            else:
+                self._waiting.append(job)
             try:
                 job = self._incoming.get_nowait()
             except queue.Empty:
@@ -707,6 +752,15 @@ class LlamaEngine:
             self._emit(act.job, _DONE)
 
     def _shutdown_jobs(self) -> None:
+        while True:
+            try:
+                item = self._incoming.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Forget):
+                self._forget_now(item)
+            elif item is not None:
+                self._waiting.append(item)
         for slot in self._slots:
             if slot.active is not None:
                 self._finish(slot, "cancelled")
