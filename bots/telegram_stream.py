@@ -59,6 +59,26 @@ def _is_parse_error(exc: BadRequest) -> bool:
     return "parse entities" in text or "can't find end" in text or "unsupported start tag" in text
 
 
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def telegram_chunks(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """``text`` cut into message-sized chunks (see :func:`bots.split.split_message`).
+
+    Telegram measures text in UTF-16 code units, where an emoji counts twice; a chunk that
+    is short in characters but long in code units is cut again, smaller.
+    """
+    out: list[str] = []
+    for chunk in split_message(text, limit):
+        size = utf16_len(chunk)
+        if size <= limit:
+            out.append(chunk)
+        else:
+            out.extend(telegram_chunks(chunk, max(40, limit * limit // size - 8)))
+    return out
+
+
 def min_growth(length: int, *, group: bool) -> int:
     """Characters the text must grow by before the next intermediate edit."""
     step = 8 if length < 300 else 30 if length < 1000 else 80 if length < 2500 else 160
@@ -176,7 +196,7 @@ class StreamingReply:
         self._wake.set()
         if self._flusher is not None:
             await self._flusher
-        chunks = split_message(text, TEXT_LIMIT) or ["…"]
+        chunks = telegram_chunks(text) or ["…"]
         for index, chunk in enumerate(chunks):
             await self._final_chunk(index, chunk)
         for extra in self._sent[len(chunks) :]:  # the text shrank (trailing whitespace trimmed)
@@ -217,7 +237,7 @@ class StreamingReply:
     async def _push_intermediate(self, text: str) -> None:
         """Bring the messages up to ``text``; the caller holds the pacer turn for the first call."""
         have_turn = True
-        chunks = split_message(text, TEXT_LIMIT)
+        chunks = telegram_chunks(text)
         for index, chunk in enumerate(chunks):
             shown = chunk + CURSOR if index == len(chunks) - 1 else chunk
             if index < len(self._sent) and self._sent[index].shown == shown:

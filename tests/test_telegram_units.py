@@ -27,7 +27,13 @@ from bots.telegram_rules import (
     quote_into_prompt,
     strip_mentions,
 )
-from bots.telegram_stream import TEXT_LIMIT, ChatPacer, min_growth
+from bots.telegram_stream import (
+    TEXT_LIMIT,
+    ChatPacer,
+    min_growth,
+    telegram_chunks,
+    utf16_len,
+)
 from core.config import Config, Secret, TelegramConfig, load_config
 from core.errors import ConfigError
 from tests.fakes.telegram_api import EntityError, visible_text
@@ -88,6 +94,15 @@ def test_chunks_fit_after_rendering() -> None:
     text = ("**Word** " * 300 + "\n\n") * 3 + "```\n" + "x = 1\n" * 400 + "```"
     for chunk in split_message(text, TEXT_LIMIT):
         assert len(visible_text(markdown_to_html(chunk))) <= 4096
+
+
+def test_chunks_respect_utf16_length() -> None:
+    text = ("😀 emoji everywhere. " * 400).strip()  # 8,000 chars, 8,800 UTF-16 units
+    chunks = telegram_chunks(text)
+    assert all(utf16_len(c) <= TEXT_LIMIT for c in chunks)
+    assert " ".join(chunks).split() == text.split()
+    plain = "word " * 2000
+    assert telegram_chunks(plain) == split_message(plain, TEXT_LIMIT)
 
 
 # -- rules -----------------------------------------------------------------------------------
