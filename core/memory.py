@@ -420,24 +420,27 @@ class MemoryStore:
     async def forget(self, key: str) -> int:
         """Delete all of ``key``'s data: conversations, messages, profile, arena votes.
 
-        Returns the number of messages deleted. Deleted pages are zeroed (``secure_delete``)
-        and the WAL is truncated, so the text does not linger in the file.
+        Sub-conversations named ``key#...`` (the web arena's ``key#arena-a``) go too. Returns
+        the number of messages deleted. Deleted pages are zeroed (``secure_delete``) and the
+        WAL is truncated, so the text does not linger in the file.
         """
         platform_of(key)
+        mine = "(key = ? OR key LIKE ? ESCAPE '\\')"
+        keys = (key, _like_prefix(key + "#"))
         await self._db.execute("PRAGMA secure_delete = ON")
         async with self._db.execute(
             "SELECT COUNT(*) FROM messages WHERE conversation_id IN"
-            " (SELECT id FROM conversations WHERE key = ?)",
-            (key,),
+            f" (SELECT id FROM conversations WHERE {mine})",
+            keys,
         ) as cur:
             row = await cur.fetchone()
         await self._db.execute(
             "DELETE FROM messages WHERE conversation_id IN"
-            " (SELECT id FROM conversations WHERE key = ?)",
-            (key,),
+            f" (SELECT id FROM conversations WHERE {mine})",
+            keys,
         )
-        await self._db.execute("DELETE FROM conversations WHERE key = ?", (key,))
-        await self._db.execute("DELETE FROM profiles WHERE key = ?", (key,))
+        await self._db.execute(f"DELETE FROM conversations WHERE {mine}", keys)
+        await self._db.execute(f"DELETE FROM profiles WHERE {mine}", keys)
         await self._db.execute("DELETE FROM votes WHERE key = ?", (key,))
         await self._db.commit()
         await self._checkpoint()

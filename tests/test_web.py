@@ -266,6 +266,15 @@ async def test_arena_streams_both_sides_and_stores_a_vote(web: Served) -> None:
         await call(c.predict, bid, api_name="/vote_b")
     # Arena prompts stay out of the visitor's chat.
     assert await web.service.history("web:anon-" + bid) == []
+    # Forgetting the visitor also deletes their arena conversations and votes.
+    assert await web.store.forget("web:anon-" + bid) == 4
+    with sqlite3.connect(web.store.path) as db:
+        left = db.execute(
+            "SELECT (SELECT COUNT(*) FROM conversations WHERE key LIKE ?),"
+            " (SELECT COUNT(*) FROM votes)",
+            (f"web:anon-{bid}%",),
+        ).fetchone()
+    assert left == (0, 0)
 
 
 def _delete_db(db: Path) -> None:
