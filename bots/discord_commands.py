@@ -124,6 +124,14 @@ def install_commands(tree: app_commands.CommandTree[Any], chat: DiscordChat) -> 
 
         await guarded(interaction, body)
 
+    @app_commands.command(name="forget", description="Delete everything I stored about you here")
+    async def forget(interaction: discord.Interaction[Any]) -> None:
+        async def body(i: discord.Interaction[Any]) -> None:
+            removed = await chat.service.forget(key_of(i))
+            await _say(i, f"🗑️ Deleted {removed} stored messages and your settings here.")
+
+        await guarded(interaction, body)
+
     @app_commands.command(name="model", description="Show or choose the model (admins only)")
     @app_commands.describe(name="Model to use in this conversation")
     async def model(interaction: discord.Interaction[Any], name: str | None = None) -> None:
@@ -153,6 +161,7 @@ def install_commands(tree: app_commands.CommandTree[Any], chat: DiscordChat) -> 
         cancel,
         persona,
         stats,
+        forget,
         model,
     )
     for command in commands:

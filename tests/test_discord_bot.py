@@ -415,6 +415,15 @@ async def test_slash_commands(fake: FakeDiscord, service: ChatService, store: Me
         assert "New conversation" in (await answer_of(token))["data"]["content"]
         assert await store.history(key) == []
 
+        # /forget: the user's rows in this channel are gone, Bob's are not.
+        assert await store.all_messages(key)
+        bob_rows = await store.all_messages(bob_key)
+        token = await fake.interaction(ALICE, "forget")
+        assert "Deleted" in (await answer_of(token))["data"]["content"]
+        assert await store.all_messages(key) == []
+        assert await store.get_profile(key) == (await store.get_profile("discord:0:0"))
+        assert await store.all_messages(bob_key) == bob_rows
+
 
 async def test_cancel_stops_a_running_answer(
     fake: FakeDiscord, engine: LlamaEngine, store: MemoryStore
