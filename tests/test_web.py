@@ -329,3 +329,16 @@ async def test_signed_in_users_own_their_conversation(engine: Engine, tmp_path: 
         assert history == []
         stored = await w.store.all_messages("web:alice")
         assert stored[0].text == "I am Alice."
+
+
+async def test_root_path_is_used_for_the_page_links(engine: Engine, tmp_path: Path) -> None:
+    """Behind a reverse proxy at /finechat the page must load its assets from there."""
+    web_config = WebConfig(port=0, root_path="/finechat")
+    async with (
+        serve_web(engine, tmp_path / "proxied.sqlite", web_config) as w,
+        httpx.AsyncClient() as http,
+    ):
+        config = (await http.get(w.url + "config")).json()
+        health = await http.get(w.url + "healthz")
+    assert config["root"].endswith("/finechat")
+    assert health.status_code == 200
