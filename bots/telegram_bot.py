@@ -79,6 +79,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("cancel", "Stop the answer in progress"),
     ("persona", "Show or set your system prompt"),
     ("stats", "Your turns, tokens and the model"),
+    ("forget", "Delete everything I stored about you in this chat"),
     ("model", "Switch the model (admins only)"),
 ]
 
@@ -207,6 +208,7 @@ class TelegramBot:
             "cancel": self._on_cancel,
             "persona": self._on_persona,
             "stats": self._on_stats,
+            "forget": self._on_forget,
             "model": self._on_model,
         }
         for name, callback in commands.items():
@@ -537,6 +539,13 @@ class TelegramBot:
             f"Tokens: {stats['tokens']}\n"
             f"Model: {stats['model']}"
         )
+
+    async def _on_forget(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self._command(update, self._forget)
+
+    async def _forget(self, incoming: Incoming, key: str) -> str:
+        removed = await self.service.forget(key)
+        return f"🗑️ Deleted {removed} stored messages and your settings in this chat."
 
     async def _on_model(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await self._command(update, self._model)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ import aiosqlite
 
 from core.errors import FinechatError
 from core.template import Role
+
+log = logging.getLogger("finechat.memory")
 
 _MIGRATIONS: list[str] = [
     # v1: conversations, messages (a tree through parent_id), per-key profiles.
@@ -176,6 +180,8 @@ class MemoryStore:
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
             await db.execute("PRAGMA synchronous=NORMAL")
+            # Deleted rows (forget, prune) are zeroed on disk, not left in free pages.
+            await db.execute("PRAGMA secure_delete=ON")
             store = cls(db, path)
             await store._migrate()
         except Exception as exc:  # sqlite3.DatabaseError and OSError alike
@@ -427,7 +433,6 @@ class MemoryStore:
         platform_of(key)
         mine = "(key = ? OR key LIKE ? ESCAPE '\\')"
         keys = (key, _like_prefix(key + "#"))
-        await self._db.execute("PRAGMA secure_delete = ON")
         async with self._db.execute(
             "SELECT COUNT(*) FROM messages WHERE conversation_id IN"
             f" (SELECT id FROM conversations WHERE {mine})",
@@ -452,7 +457,6 @@ class MemoryStore:
         A conversation's activity is its newest message (or its creation when empty). Returns
         (conversations, messages) deleted; profiles and votes are left alone.
         """
-        await self._db.execute("PRAGMA secure_delete = ON")
         old = (
             "SELECT c.id FROM conversations c WHERE COALESCE("
             "(SELECT MAX(m.created_at) FROM messages m WHERE m.conversation_id = c.id),"
@@ -475,8 +479,13 @@ class MemoryStore:
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def _checkpoint(self) -> None:
-        async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
-            await cur.fetchall()
+        try:
+            async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+                await cur.fetchall()
+        except sqlite3.OperationalError as exc:
+            # Another statement is mid-flight on this connection: the rows are deleted already
+            # and their WAL frames are overwritten by later checkpoints.
+            log.warning("WAL checkpoint after a deletion was postponed: %s", exc)
 
     async def platform_stats(self) -> list[dict[str, Any]]:
         """Per platform: users, conversations, user turns, replies, tokens, reply latency."""

@@ -375,6 +375,18 @@ async def test_commands(api: FakeBotAPI, service: ChatService) -> None:
         assert await service.history(key) == []
         await command("/stats", lambda t: t.startswith("Turns: 2\n"))  # totals survive a reset
 
+        # /forget deletes this user's data in this chat (and nobody else's)
+        finished = bot.replies_finished
+        api.send_text(BOB.id, BOB, "Hi, I am Bob.")
+        await reply_text(api, bot, BOB.id, finished + 1)
+        bob_key = f"telegram:{BOB.id}:{BOB.id}"
+        bob_rows = await service.store.all_messages(bob_key)
+        assert [t.role for t in bob_rows] == ["user", "assistant"]
+        await command("/forget", lambda t: t.startswith("🗑️ Deleted"))
+        assert await service.store.all_messages(key) == []
+        await command("/stats", lambda t: t.startswith("Turns: 0\n"))
+        assert await service.store.all_messages(bob_key) == bob_rows
+
 
 async def test_access_control(api: FakeBotAPI, service: ChatService) -> None:
     async with running(
