@@ -59,6 +59,20 @@ async def test_healthz_reports_model_and_database(web: Served) -> None:
     assert body["model"] == web.service.model_name
 
 
+async def test_openai_routes_are_served_beside_the_page(web: Served) -> None:
+    async with httpx.AsyncClient(timeout=60) as http:
+        models = (await http.get(web.url + "v1/models")).json()
+        assert [m["id"] for m in models["data"]] == [web.service.engine.info.name]
+        resp = await http.post(
+            web.url + "v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8},
+        )
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["choices"][0]["message"]["content"]
+    assert 1 <= body["usage"]["completion_tokens"] <= 8
+
+
 async def test_chat_round_trip_streams_growing_text_and_is_remembered(web: Served) -> None:
     c = await call(client, web.url)
     job = c.submit("Tell me about the sea.", 0.0, 48, BID_A, api_name="/chat")

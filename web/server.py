@@ -129,6 +129,17 @@ def build_app(service: ChatService, web: WebConfig) -> FastAPI:
         """Prometheus text format: turns, errors, queue, TTFT, tokens/s, slots, database size."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    # The OpenAI-compatible API shares the engine (and its warm KV cache) with the chat page.
+    import os
+
+    from web.openai_api import API_KEY_ENV, create_router
+
+    app.include_router(
+        create_router(
+            service.engine, defaults=service.defaults, api_key=os.environ.get(API_KEY_ENV, "")
+        )
+    )
+
     auth = read_auth_file(web.auth_file) if web.auth_file else None
     oauth = oauth_available() and auth is None
     gr.mount_gradio_app(
