@@ -7,6 +7,7 @@ every front-end depend only on it, so the local batched llama.cpp engine
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -98,6 +99,30 @@ class Engine(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+STREAM_DONE = object()
+"""Put on a stream's queue after its last item."""
+
+
+async def read_stream_queue(
+    out: asyncio.Queue[Any], stream: GenerationStream
+) -> AsyncIterator[str]:
+    """Text items from an engine's per-request queue until :data:`STREAM_DONE`.
+
+    A :class:`GenerationResult` on the queue becomes ``stream.result``; an exception is raised
+    in the consumer. Both engines feed their streams this way, whatever thread produces them.
+    """
+    while True:
+        item = await out.get()
+        if item is STREAM_DONE:
+            return
+        if isinstance(item, GenerationResult):
+            stream.result = item
+        elif isinstance(item, BaseException):
+            raise item
+        else:
+            yield item
 
 
 def __getattr__(name: str) -> Any:

@@ -37,19 +37,20 @@ from pathlib import Path
 from typing import Any
 
 from core.engine import (
+    STREAM_DONE,
     EngineBusy,
     FinishReason,
     GenerationRequest,
     GenerationResult,
     ModelInfo,
     SamplingParams,
+    read_stream_queue,
 )
 from core.errors import EngineUnavailable, ModelLoadError
 from core.template import FALLBACK_TEMPLATE, ChatTemplate, Message, tokenize_segments
 
 log = logging.getLogger("finechat.engine")
 
-_DONE = object()
 #: Share a donor slot's KV only when at least this many leading tokens match.
 MIN_SHARED_PREFIX = 16
 
@@ -84,16 +85,8 @@ class _Stream:
 
     async def __aiter__(self) -> AsyncIterator[str]:
         try:
-            while True:
-                item = await self._job.out.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, GenerationResult):
-                    self.result = item
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
+            async for item in read_stream_queue(self._job.out, self):
+                yield item
         finally:
             # Leaving early (break, task cancelled, consumer gone) frees the slot at the next step.
             if self.result is None:
@@ -473,7 +466,7 @@ class LlamaEngine:
     def _finish_unstarted(self, job: _Job, reason: FinishReason) -> None:
         prompt = len(job.request.prompt)
         self._emit(job, GenerationResult("", reason, prompt, 0, 0, 0.0, None, 0.0))
-        self._emit(job, _DONE)
+        self._emit(job, STREAM_DONE)
 
     def _drop_cancelled_waiting(self) -> None:
         if not any(j.cancelled.is_set() for j in self._waiting):
@@ -517,7 +510,7 @@ class LlamaEngine:
                 with self._lock:
                     self._n_active -= 1
                 self._emit(job, EngineUnavailable(f"generation failed: {exc}"))
-                self._emit(job, _DONE)
+                self._emit(job, STREAM_DONE)
 
     def _save(self, slot: _Slot) -> None:
         """Move an idle slot's KV into the RAM store (so its owner can come back warm)."""
@@ -735,7 +728,7 @@ class LlamaEngine:
             total_seconds=elapsed,
         )
         self._emit(job, result)
-        self._emit(job, _DONE)
+        self._emit(job, STREAM_DONE)
 
     def _fail_active(self, exc: Exception) -> None:
         for slot in self._slots:
@@ -749,7 +742,7 @@ class LlamaEngine:
             self._clear(slot)
             slot.owner = None
             self._emit(act.job, EngineUnavailable(f"generation failed: {exc}"))
-            self._emit(act.job, _DONE)
+            self._emit(act.job, STREAM_DONE)
 
     def _shutdown_jobs(self) -> None:
         while True:

@@ -35,7 +35,14 @@ from typing import Any, Protocol
 import httpx
 
 from core.config import RemoteConfig
-from core.engine import FinishReason, GenerationRequest, GenerationResult, ModelInfo
+from core.engine import (
+    STREAM_DONE,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    ModelInfo,
+    read_stream_queue,
+)
 from core.errors import EngineUnavailable, ModelLoadError
 from core.template import FALLBACK_TEMPLATE, ChatTemplate, Message
 
@@ -384,9 +391,6 @@ class RemoteEngine:
         await self._client.aclose()
 
 
-_DONE = object()
-
-
 class _RemoteStream:
     """One streamed completion; a producer task feeds a queue so cancel never waits on I/O."""
 
@@ -408,16 +412,8 @@ class _RemoteStream:
 
     async def __aiter__(self) -> AsyncIterator[str]:
         try:
-            while True:
-                item = await self._out.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, GenerationResult):
-                    self.result = item
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
+            async for item in read_stream_queue(self._out, self):
+                yield item
         finally:
             if self.result is None:
                 self.cancel()
@@ -465,7 +461,7 @@ class _RemoteStream:
                 total_seconds=now - t0,
             )
         )
-        self._out.put_nowait(_DONE)
+        self._out.put_nowait(STREAM_DONE)
 
     async def _stream(
         self, budget: int, pieces: list[str], state: _StreamState, started: float

@@ -153,6 +153,7 @@ async def test_mention_streams_the_greedy_reply_fast(
         "reset",
         "retry",
         "cancel",
+        "forget",
         "persona",
         "stats",
         "model",

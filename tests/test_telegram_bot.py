@@ -134,6 +134,7 @@ async def test_private_chat_streams_the_models_reply(
             "cancel",
             "persona",
             "stats",
+            "forget",
             "model",
             "ask",
         }
