@@ -421,6 +421,10 @@ async def loop_lag_during_decode(model_path: str, threads: int, streams: int) ->
             stream = engine.generate(GenerationRequest(f"lag:{i}", prompt, params, ignore_eos=True))
             return len([p async for p in stream])
 
+        await one(streams)  # warm-up: first-decode allocations stay out of the numbers
+        start = time.perf_counter()
+        alone = await one(streams + 1)
+        single_tps = alone / (time.perf_counter() - start)
         async with loop_lag_probe() as lags:
             start = time.perf_counter()
             pieces = await asyncio.gather(*(one(i) for i in range(streams)))
@@ -429,7 +433,9 @@ async def loop_lag_during_decode(model_path: str, threads: int, streams: int) ->
         return {
             "streams": streams,
             "tokens": sum(pieces),
+            "single_tok_s_in_process": round(single_tps, 1),
             "aggregate_tok_s_in_process": round(sum(pieces) / wall, 1),
+            "aggregate_vs_single_in_process": round(sum(pieces) / wall / single_tps, 3),
             "loop_lag_ms_p50": round(_pct(lags, 50) * 1000, 3),
             "loop_lag_ms_p99": round(_pct(lags, 99) * 1000, 3),
             "loop_lag_samples": len(lags),
@@ -618,10 +624,16 @@ def _print_table(report: dict[str, Any]) -> None:
     print("returning user:", json.dumps(fin["returning"]))
     lag = report["loop_lag"]
     print(
-        f"in process, {lag['streams']} streams: {lag['aggregate_tok_s_in_process']} tok/s; "
+        f"in process (single-turn, no HTTP): 1 stream {lag['single_tok_s_in_process']} tok/s, "
+        f"{lag['streams']} streams {lag['aggregate_tok_s_in_process']} tok/s "
+        f"({lag['aggregate_vs_single_in_process']}x); "
         f"event-loop lag p50 {lag['loop_lag_ms_p50']} ms, p99 {lag['loop_lag_ms_p99']} ms"
     )
     print("finechat server engine counters:", json.dumps(report["finechat_engine"].get("engine")))
+    print(
+        f"peak RSS: finechat server {report['finechat_engine'].get('peak_rss_mb')} MB, "
+        f"raw llama-cpp-python {report['rss_mb_after_raw']} MB"
+    )
     for k, g in report["goals"].items():
         print(f"  {k}: {g['value']} (goal {g['goal']}) {'OK' if g['met'] else 'MISSED'}")
     print(f"bench took {report['bench_seconds']} s")

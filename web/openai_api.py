@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import resource
 import secrets
 import time
 import uuid
@@ -341,6 +342,7 @@ def create_app(engine: Engine, *, defaults: SamplingParams, api_key: str = "") -
             "ok": True,
             "model": engine.info.name,
             "pending": engine.pending,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "engine": dataclasses.asdict(stats)
             if dataclasses.is_dataclass(stats) and not isinstance(stats, type)
             else None,
