@@ -47,7 +47,13 @@ from core.engine import (
     read_stream_queue,
 )
 from core.errors import EngineUnavailable, ModelLoadError
-from core.template import FALLBACK_TEMPLATE, ChatTemplate, Message, tokenize_segments
+from core.template import (
+    FALLBACK_TEMPLATE,
+    ChatTemplate,
+    Message,
+    break_special_strings,
+    tokenize_segments,
+)
 
 log = logging.getLogger("finechat.engine")
 
@@ -235,6 +241,7 @@ class LlamaEngine:
         self._slots = [_Slot(i) for i in range(n_slots)]
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
+        self._markup_user_defined = self._find_markup_user_defined()
         self._incoming: queue.Queue[_Job | _Forget | None] = queue.Queue()
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
         self._waiting: deque[_Job] = deque()
@@ -326,6 +333,20 @@ class LlamaEngine:
             n = self._lc.llama_tokenize(self._vocab, data, len(data), buf, -n, add_bos, special)
         return list(buf[:n])
 
+    def _find_markup_user_defined(self) -> tuple[frozenset[int], tuple[str, ...]] | None:
+        """User-defined (not control) tokens that look like markup, e.g. ``<start_of_turn>``."""
+        lc = self._lc
+        ids: set[int] = set()
+        texts: list[str] = []
+        for tok in range(int(lc.llama_vocab_n_tokens(self._vocab))):
+            attr = int(lc.llama_vocab_get_attr(self._vocab, tok))
+            if attr & lc.LLAMA_TOKEN_ATTR_USER_DEFINED and not attr & lc.LLAMA_TOKEN_ATTR_CONTROL:
+                text = self._piece_bytes(tok, True).decode("utf-8", "replace")
+                if len(text) > 2 and text.startswith("<") and text.endswith(">"):
+                    ids.add(tok)
+                    texts.append(text)
+        return (frozenset(ids), tuple(texts)) if ids else None
+
     def special_token_ids(self) -> set[int]:
         """Control and user-defined tokens: the ones user text must never produce."""
         lc = self._lc
@@ -347,10 +368,21 @@ class LlamaEngine:
             return bytes(buf.raw[:n])
         return bytes(self._piece.raw[:n])
 
+    def _tokenize_segment(self, text: str, add_bos: bool, trusted: bool) -> list[int]:
+        if trusted:
+            return self._tokenize(text, add_bos, True)
+        tokens = self._tokenize(text, add_bos, False)
+        if self._markup_user_defined and not self._markup_user_defined[0].isdisjoint(tokens):
+            # llama.cpp matches user-defined tokens even with special parsing off: a model whose
+            # chat markers are user-defined (not control) tokens needs them broken up here.
+            text = break_special_strings(text, self._markup_user_defined[1])
+            tokens = self._tokenize(text, add_bos, False)
+        return tokens
+
     def encode_messages_sync(self, messages: list[Message]) -> list[int]:
         segments = self.info.template.render(messages, add_generation_prompt=True)
         return tokenize_segments(
-            segments, self._tokenize, add_bos=self.info.add_bos, bos_text=self.info.bos_text
+            segments, self._tokenize_segment, add_bos=self.info.add_bos, bos_text=self.info.bos_text
         )
 
     async def tokenize(self, text: str, *, special: bool = False) -> list[int]:

@@ -44,7 +44,7 @@ from core.engine import (
     read_stream_queue,
 )
 from core.errors import EngineUnavailable, ModelLoadError
-from core.template import FALLBACK_TEMPLATE, ChatTemplate, Message
+from core.template import FALLBACK_TEMPLATE, ChatTemplate, Message, break_special_strings
 
 log = logging.getLogger("finechat.remote")
 
@@ -78,9 +78,7 @@ def api_root(base_url: str) -> str:
 
 def defuse_specials(text: str, specials: tuple[str, ...] = ()) -> str:
     """Break special-token strings in message text so a server cannot parse them as specials."""
-    for token in sorted((s for s in specials if len(s) > 1), key=len, reverse=True):
-        if token in text:
-            text = text.replace(token, token[0] + _ZWSP + token[1:])
+    text = break_special_strings(text, specials)
     return _GENERIC_SPECIALS.sub(lambda m: m.group(0)[0] + _ZWSP + m.group(0)[1:], text)
 
 

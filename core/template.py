@@ -128,3 +128,19 @@ def tokenize_segments(
         tokens.extend(tokenize(seg.text, want_bos, seg.trusted))
         first = False
     return tokens
+
+
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def break_special_strings(text: str, specials: Sequence[str]) -> str:
+    """Insert a zero-width space after the first character of each special-token string.
+
+    For tokenizers that match some special strings even with special parsing off (llama.cpp
+    does so for user-defined tokens; remote servers parse everything): the text still reads
+    the same, but can no longer become the special token.
+    """
+    for token in sorted((s for s in specials if len(s) > 1), key=len, reverse=True):
+        if token in text:
+            text = text.replace(token, token[0] + ZERO_WIDTH_SPACE + token[1:])
+    return text
