@@ -226,8 +226,10 @@ class LlamaEngine:
         n_batch: int,
         state_cache_bytes: int,
         max_queue: int,
+        specials: dict[int, tuple[int, str]],
     ) -> None:
         self._lc = llama_cpp
+        self._specials = specials
         self._model = model
         self._ctx = ctx
         self._vocab = llama_cpp.llama_model_get_vocab(model)
@@ -303,7 +305,10 @@ class LlamaEngine:
                 " (out of memory? lower model.n_ctx or model.slots)"
             )
         try:
-            info = _model_info(llama_cpp, model, path, name, int(llama_cpp.llama_n_ctx_seq(ctx)))
+            specials = _special_vocab(llama_cpp, llama_cpp.llama_model_get_vocab(model))
+            info = _model_info(
+                llama_cpp, model, path, name, int(llama_cpp.llama_n_ctx_seq(ctx)), specials
+            )
         except Exception:
             llama_cpp.llama_free(ctx)
             llama_cpp.llama_model_free(model)
@@ -317,6 +322,7 @@ class LlamaEngine:
             n_batch=n_batch,
             state_cache_bytes=state_cache_mb * 1024 * 1024,
             max_queue=max_queue,
+            specials=specials,
         )
 
     # -- tokenizer (vocabulary only: safe from any thread) -----------------------------------
@@ -336,23 +342,20 @@ class LlamaEngine:
     def _find_markup_user_defined(self) -> tuple[frozenset[int], tuple[str, ...]] | None:
         """User-defined (not control) tokens that look like markup, e.g. ``<start_of_turn>``."""
         lc = self._lc
-        ids: set[int] = set()
-        texts: list[str] = []
-        for tok in range(int(lc.llama_vocab_n_tokens(self._vocab))):
-            attr = int(lc.llama_vocab_get_attr(self._vocab, tok))
-            if attr & lc.LLAMA_TOKEN_ATTR_USER_DEFINED and not attr & lc.LLAMA_TOKEN_ATTR_CONTROL:
-                text = self._piece_bytes(tok, True).decode("utf-8", "replace")
-                if len(text) > 2 and text.startswith("<") and text.endswith(">"):
-                    ids.add(tok)
-                    texts.append(text)
-        return (frozenset(ids), tuple(texts)) if ids else None
+        found = {
+            tok: text
+            for tok, (attr, text) in self._specials.items()
+            if attr & lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+            and not attr & lc.LLAMA_TOKEN_ATTR_CONTROL
+            and len(text) > 2
+            and text.startswith("<")
+            and text.endswith(">")
+        }
+        return (frozenset(found), tuple(found.values())) if found else None
 
     def special_token_ids(self) -> set[int]:
         """Control and user-defined tokens: the ones user text must never produce."""
-        lc = self._lc
-        mask = lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_USER_DEFINED
-        n = int(lc.llama_vocab_n_tokens(self._vocab))
-        return {t for t in range(n) if int(lc.llama_vocab_get_attr(self._vocab, t)) & mask}
+        return set(self._specials)
 
     def tokenize_sync(self, text: str, *, special: bool = False) -> list[int]:
         return self._tokenize(text, False, special)
@@ -808,7 +811,27 @@ class LlamaEngine:
         await asyncio.to_thread(self.close_sync)
 
 
-def _model_info(lc: Any, model: Any, path: Path, name: str | None, n_ctx: int) -> ModelInfo:
+def _special_vocab(lc: Any, vocab: Any) -> dict[int, tuple[int, str]]:
+    """Control and user-defined tokens with their attributes and text (one pass at load)."""
+    mask = lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+    piece = ctypes.create_string_buffer(256)
+    out: dict[int, tuple[int, str]] = {}
+    for tok in range(int(lc.llama_vocab_n_tokens(vocab))):
+        attr = int(lc.llama_vocab_get_attr(vocab, tok))
+        if attr & mask:
+            n = lc.llama_token_to_piece(vocab, tok, piece, 256, 0, True)
+            out[tok] = (attr, bytes(piece.raw[: max(n, 0)]).decode("utf-8", "replace"))
+    return out
+
+
+def _model_info(
+    lc: Any,
+    model: Any,
+    path: Path,
+    name: str | None,
+    n_ctx: int,
+    specials: dict[int, tuple[int, str]],
+) -> ModelInfo:
     meta: dict[str, str] = {}
     buf = ctypes.create_string_buffer(1 << 16)
     for i in range(lc.llama_model_meta_count(model)):
@@ -841,12 +864,6 @@ def _model_info(lc: Any, model: Any, path: Path, name: str | None, n_ctx: int) -
     source = meta.get("tokenizer.chat_template") or FALLBACK_TEMPLATE
     template = ChatTemplate(source, bos_token=bos_text, eos_token=eos_text)
     add_bos = meta.get("tokenizer.ggml.add_bos_token", "false").lower() == "true"
-    mask = lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_USER_DEFINED
-    specials = tuple(
-        t
-        for tok in range(int(lc.llama_vocab_n_tokens(vocab)))
-        if int(lc.llama_vocab_get_attr(vocab, tok)) & mask and (t := text_of(tok))
-    )
     return ModelInfo(
         name=name or meta.get("general.name") or path.stem,
         path=str(path),
@@ -854,5 +871,5 @@ def _model_info(lc: Any, model: Any, path: Path, name: str | None, n_ctx: int) -
         template=template,
         add_bos=add_bos,
         bos_text=bos_text if add_bos else "",
-        special_tokens=specials,
+        special_tokens=tuple(text for _, text in specials.values() if text),
     )
