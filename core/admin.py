@@ -21,6 +21,7 @@ from typing import Any
 
 from core.config import Config
 from core.errors import InvalidInput
+from core.keys import user_key
 from core.memory import MemoryStore
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -116,8 +117,6 @@ async def cmd_prune(config: Config, args: argparse.Namespace) -> int:
 
 
 async def cmd_forget(config: Config, args: argparse.Namespace) -> int:
-    from core.cli import user_key
-
     key = user_key(args.user)
     store = await MemoryStore.open(config.database.path)
     try:

@@ -15,20 +15,12 @@ from datetime import datetime
 from typing import Any
 
 from core.admin import cmd_forget, cmd_prune, cmd_stats
+from core.commands import Command, ParserKit, contributed
 from core.config import Config, load_config, with_overrides
 from core.errors import ConfigError, FinechatError
+from core.keys import user_key
 from core.memory import MemoryStore
 from core.service import ChatService, Delta, Done, Started
-
-PLATFORMS = ("cli", "web", "telegram", "discord")
-
-
-def user_key(user: str) -> str:
-    """``--user a`` means the terminal user ``cli:a``; a full key (``telegram:1:2``) is kept."""
-    platform, sep, _ = user.partition(":")
-    if sep and platform in PLATFORMS:
-        return user
-    return f"cli:{user}"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -54,6 +46,12 @@ def _gen_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``finechat`` parser with every installed subcommand."""
+    return parser_and_commands()[0]
+
+
+def parser_and_commands() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
+    """The parser, and the subcommands other packages contributed (``finechat.commands``)."""
     parser = argparse.ArgumentParser(
         prog="finechat", description="Serve a small fine-tuned chat model on the CPU."
     )
@@ -84,42 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     _gen_options(p)
     p.add_argument("--only", help="comma-separated front-ends to run (e.g. web,telegram)")
 
-    p = sub.add_parser("web", help="serve only the web chat (Gradio page, arena, /healthz)")
-    _common(p)
-    _gen_options(p)
-    p.add_argument("--host", help="interface to listen on (default 127.0.0.1; 0.0.0.0 = all)")
-    p.add_argument("--port", type=int, help="TCP port (default 7860)")
-    p.add_argument("--root-path", help="URL prefix when served behind a reverse proxy")
-
     from core.admin import add_parsers as add_admin_parsers
 
     add_admin_parsers(sub, _common)
-
-    p = sub.add_parser("api", help="serve the OpenAI-compatible API (/v1/chat/completions)")
-    _common(p)
-    _gen_options(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--slots", type=int, help="conversations decoded together")
-
-    p = sub.add_parser("bench", help="measure the engine against raw llama-cpp-python")
-    _common(p)
-    p.add_argument("--threads", type=int, help="CPU threads for llama.cpp (0 = all)")
-    p.add_argument("--n-ctx", type=int, help="context of each conversation slot")
-    p.add_argument("--users", default="8,32", help="concurrent users to simulate (default 8,32)")
-    p.add_argument("--tokens", type=int, default=128, help="answer length (greedy)")
-    p.add_argument("--turns", type=int, default=2, help="turns per simulated user")
-    p.add_argument("--history-tokens", type=int, default=1400, help="returning user's history")
-    p.add_argument("--llama-server", help="path to llama.cpp's llama-server binary (anchor)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-    from training.evaluation.cli import add_parser as add_eval_parser  # argparse only: cheap
-
-    add_eval_parser(sub)
-    from training.cli import add_parsers as add_training_parsers  # argparse only: cheap
-
-    add_training_parsers(sub)  # train, export, export-chats
-    return parser
+    plugins = contributed(sub, ParserKit(common=_common, generation=_gen_options))
+    return parser, plugins
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -255,65 +222,34 @@ async def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     return await serve(config, only)
 
 
-async def cmd_web(config: Config, args: argparse.Namespace) -> int:
-    """Only the web chat; web.enabled is implied by asking for it."""
-    from core.serve import serve
-
-    web = {"enabled": True, "host": args.host, "port": args.port, "root_path": args.root_path}
-    return await serve(with_overrides(config, web=web), {"web"})
-
-
-async def cmd_eval(config: Config, args: argparse.Namespace) -> int:
-    from training.evaluation.cli import cmd_eval as run_eval
-
-    return await run_eval(config, args)
-
-
-async def cmd_api(config: Config, args: argparse.Namespace) -> int:
-    if args.slots is not None:
-        config = with_overrides(config, model={"slots": args.slots})
-    from web.openai_api import serve_api  # FastAPI/uvicorn only for this command
-
-    return await serve_api(config, host=args.host, port=args.port)
-
-
-async def cmd_bench(config: Config, args: argparse.Namespace) -> int:
-    from core.bench import run_bench
-
-    return await run_bench(config, args)
-
-
 COMMANDS = {
-    "api": cmd_api,
-    "bench": cmd_bench,
     "chat": cmd_chat,
     "ask": cmd_ask,
     "history": cmd_history,
     "reset": cmd_reset,
     "serve": cmd_serve,
-    "web": cmd_web,
     "stats": cmd_stats,
     "prune": cmd_prune,
     "forget": cmd_forget,
-    "eval": cmd_eval,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser, plugins = parser_and_commands()
+    args = parser.parse_args(argv)
     try:
         _setup_logging(args.log_level)
-        if args.command in {"train", "export", "export-chats"}:  # own --config (a run file)
-            from training.cli import run as run_training
-
-            return run_training(args)
+        plugin = plugins.get(args.command)
+        if plugin is not None and plugin.direct is not None:  # own --config (a run file)
+            return plugin.direct(args)
         config = resolve_config(args)
         _setup_logging(  # again, now that [logging] is known: flag > env > config
             args.log_level or os.environ.get("FINECHAT_LOG_LEVEL") or config.logging.level,
             getattr(args, "log_format", None) or config.logging.format,
             config.logging.content,
         )
-        return asyncio.run(COMMANDS[args.command](config, args))
+        run = plugin.run if plugin is not None and plugin.run is not None else None
+        return asyncio.run(run(config, args) if run else COMMANDS[args.command](config, args))
     except FinechatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1

@@ -10,13 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from core.errors import EngineBusy as EngineBusy
 from core.template import ChatTemplate, Message
-
-if TYPE_CHECKING:
-    from core.llama_engine import LlamaEngine as LlamaEngine
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -123,12 +120,3 @@ async def read_stream_queue(
             raise item
         else:
             yield item
-
-
-def __getattr__(name: str) -> Any:
-    # ``LlamaEngine`` lives in core.llama_engine (it imports llama_cpp); keep the old import path.
-    if name == "LlamaEngine":
-        from core.llama_engine import LlamaEngine
-
-        return LlamaEngine
-    raise AttributeError(name)

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 from core.config import Config, ModelConfig
@@ -191,12 +190,16 @@ class ModelRegistry:
     async def open(
         cls,
         config: Config,
-        loader: Loader | None = None,
+        loader: Loader,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> ModelRegistry:
-        """Build from ``[model]`` + ``[models.NAME]``, load the default, start the idle reaper."""
-        load = loader or load_model
+        """Build from ``[model]`` + ``[models.NAME]``, load the default, start the idle reaper.
+
+        ``loader`` turns one model's configuration into an engine (:func:`core.runtime.load_model`
+        in production; tests pass fakes), so this module never imports an engine itself.
+        """
+        load = loader
         named = {
             (cfg.name or name): ManagedEngine(cfg.name or name, cfg, load, clock=clock)
             for name, cfg in config.models.items()
@@ -272,15 +275,3 @@ class ModelRegistry:
             self._reaper = None
         for managed in self._models.values():
             await managed.aclose()
-
-
-async def load_model(model: ModelConfig, name: str) -> Engine:
-    """Load one configured model: a remote endpoint if ``remote.base_url`` is set, else a GGUF."""
-    if model.remote.base_url:
-        from core.remote_engine import RemoteEngine
-
-        label = model.name or ("" if name == DEFAULT_ALIAS else name)  # "" = the server's id
-        return await RemoteEngine.connect(model.remote, n_ctx=model.n_ctx, name=label)
-    from core.runtime import load_engine
-
-    return await load_engine(replace(Config(), model=model))

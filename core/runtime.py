@@ -6,14 +6,26 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
-from core.config import Config
+from core.config import Config, ModelConfig
+from core.engine import Engine
 from core.llama_engine import LlamaEngine
 from core.memory import MemoryStore
 from core.model_source import ModelSpec, resolve_model
+from core.models import DEFAULT_ALIAS, ModelRegistry
+from core.remote_engine import RemoteEngine
 from core.service import ChatService
 
 log = logging.getLogger("finechat")
+
+
+async def load_model(model: ModelConfig, name: str) -> Engine:
+    """Load one configured model: a remote endpoint if ``remote.base_url`` is set, else a GGUF."""
+    if model.remote.base_url:
+        label = model.name or ("" if name == DEFAULT_ALIAS else name)  # "" = the server's id
+        return await RemoteEngine.connect(model.remote, n_ctx=model.n_ctx, name=label)
+    return await load_engine(replace(Config(), model=model))
 
 
 async def load_engine(config: Config) -> LlamaEngine:
@@ -38,13 +50,12 @@ async def open_service(config: Config) -> AsyncIterator[ChatService]:
     """The chat service with its engine and store, closed in reverse order on exit."""
     from core.logs import TurnLogger, register_config_secrets
     from core.metrics import metrics_for
-    from core.models import ModelRegistry
 
     register_config_secrets(config)
     store = await MemoryStore.open(config.database.path)
     try:
         # [model] plus [models.NAME]: the default loads now, the others on first use.
-        models = await ModelRegistry.open(config)
+        models = await ModelRegistry.open(config, load_model)
         try:
             service = ChatService(
                 models.default,

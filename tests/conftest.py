@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.config import ChatConfig, GenerationConfig
-from core.engine import LlamaEngine
+from core.llama_engine import LlamaEngine
 from core.memory import MemoryStore
 from core.model_source import bundled_model_path
 from core.service import ChatService

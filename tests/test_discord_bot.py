@@ -20,7 +20,7 @@ import pytest
 
 from bots.discord_frontend import DiscordFrontend, DiscordStartError
 from core.config import ChatConfig, DiscordConfig, GenerationConfig, Secret
-from core.engine import LlamaEngine
+from core.llama_engine import LlamaEngine
 from core.memory import MemoryStore
 from core.service import ChatService
 from tests.fakes.discord_api import (

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from core.engine import GenerationRequest, LlamaEngine, SamplingParams
+from core.engine import GenerationRequest, SamplingParams
+from core.llama_engine import LlamaEngine
 from core.template import Message
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16, seed=7)

@@ -8,7 +8,7 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
-from core.engine import LlamaEngine
+from core.llama_engine import LlamaEngine
 from core.template import Message
 
 

@@ -18,6 +18,7 @@ from core.errors import InvalidInput
 from core.memory import MemoryStore
 from core.metrics import metrics_for
 from core.models import ModelRegistry
+from core.runtime import load_model
 from core.service import ChatService
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -56,7 +57,7 @@ async def multi(
             "api": ModelConfig(n_ctx=2048, remote=RemoteConfig(base_url=fake.base_url, retries=0)),
         },
     )
-    registry = await ModelRegistry.open(config, clock=clock)
+    registry = await ModelRegistry.open(config, load_model, clock=clock)
     store = await MemoryStore.open(tmp_path / "m.sqlite")
     service = ChatService(
         registry.default,

@@ -117,7 +117,7 @@ def _merged_matches_base_plus_adapter(run: Path) -> float:
 
 async def _serve_one_turn(gguf: Path, db: Path) -> Any:
     from core.config import ChatConfig, GenerationConfig
-    from core.engine import LlamaEngine
+    from core.llama_engine import LlamaEngine
     from core.memory import MemoryStore
     from core.service import ChatService
 

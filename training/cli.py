@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.commands import Command, ParserKit
+
 COMMANDS = ("train", "export", "export-chats")
 
 
@@ -86,6 +88,13 @@ def add_parsers(sub: Any) -> None:
         "--min-turns", type=int, default=2, help="skip shorter conversations (default 2)"
     )
     p.add_argument("--log-level", default=None)
+
+
+def register(sub: Any, kit: ParserKit) -> list[Command]:
+    """The ``finechat.commands`` entry point: train, export and export-chats read their own
+    run configuration, so they run directly rather than with finechat's serving config."""
+    add_parsers(sub)
+    return [Command(name, direct=run) for name in COMMANDS]
 
 
 def run(args: argparse.Namespace) -> int:

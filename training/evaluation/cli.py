@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.commands import Command, ParserKit
 from core.config import Config
 from training.evaluation.errors import EvalConfigError
 
@@ -23,6 +24,12 @@ QUICK_TEMPERATURES = (0.0, 0.8)
 DEFAULT_ROUNDS = 3
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_SEED = 1234
+
+
+def register(sub: Any, kit: ParserKit) -> list[Command]:
+    """The ``finechat.commands`` entry point."""
+    add_parser(sub)
+    return [Command("eval", run=cmd_eval)]
 
 
 def add_parser(sub: Any) -> None:

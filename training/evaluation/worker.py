@@ -50,7 +50,7 @@ def _emit(obj: dict[str, Any]) -> None:
 
 
 def _load(path: Path, n_ctx: int, n_threads: int, n_batch: int) -> Any:
-    from core.engine import LlamaEngine
+    from core.llama_engine import LlamaEngine
 
     kwargs: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": n_threads, "n_batch": n_batch}
     # The batched engine serves several conversations at once; a benchmark wants one slot so
