@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from core.admin import cmd_forget, cmd_prune, cmd_stats
+from core.backup import cmd_backup
 from core.commands import Command, ParserKit, contributed
 from core.config import Config, load_config, with_overrides
 from core.errors import ConfigError, FinechatError
@@ -83,8 +84,10 @@ def parser_and_commands() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--only", help="comma-separated front-ends to run (e.g. web,telegram)")
 
     from core.admin import add_parsers as add_admin_parsers
+    from core.backup import add_parser as add_backup_parser
 
     add_admin_parsers(sub, _common)
+    add_backup_parser(sub, _common)
     plugins = contributed(sub, ParserKit(common=_common, generation=_gen_options))
     return parser, plugins
 
@@ -231,6 +234,7 @@ COMMANDS = {
     "stats": cmd_stats,
     "prune": cmd_prune,
     "forget": cmd_forget,
+    "backup": cmd_backup,
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
+from core.backup import backup_database
 from core.errors import FinechatError
 from core.template import Role
 
@@ -199,6 +200,17 @@ class MemoryStore:
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"database schema v{version} is newer than this finechat (v{SCHEMA_VERSION})"
+            )
+        if 0 < version < SCHEMA_VERSION and self.path != ":memory:":
+            # An upgrade is one-way: keep the file as it was, next to it, before changing it.
+            kept = f"{self.path}.v{version}.bak"
+            await asyncio.to_thread(backup_database, self.path, kept, overwrite=True)
+            log.warning(
+                "upgrading %s from schema v%d to v%d; the old file is kept as %s",
+                self.path,
+                version,
+                SCHEMA_VERSION,
+                kept,
             )
         for target in range(version, SCHEMA_VERSION):
             await self._db.executescript(
