@@ -8,12 +8,14 @@ every front-end depend only on it, so the local batched llama.cpp engine
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from core.errors import EngineBusy as EngineBusy
 from core.template import ChatTemplate, Message
+from core.textcheck import StreamCleaner, clean_model_text
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -109,14 +111,26 @@ async def read_stream_queue(
 
     A :class:`GenerationResult` on the queue becomes ``stream.result``; an exception is raised
     in the consumer. Both engines feed their streams this way, whatever thread produces them.
+
+    This is where model text enters finechat, so it is cleaned here, once, for everything
+    downstream (memory, the bots, the web chat, the OpenAI API): lone surrogates become U+FFFD
+    and control characters go (:func:`core.textcheck.clean_model_text`). Deltas go through a
+    :class:`~core.textcheck.StreamCleaner`, so a surrogate pair or CRLF split across two
+    deltas survives, and the joined deltas equal the cleaned ``result.text``.
     """
+    cleaner = StreamCleaner()
     while True:
         item = await out.get()
         if item is STREAM_DONE:
+            tail = cleaner.flush()
+            if tail:
+                yield tail
             return
         if isinstance(item, GenerationResult):
-            stream.result = item
+            stream.result = dataclasses.replace(item, text=clean_model_text(item.text))
         elif isinstance(item, BaseException):
             raise item
         else:
-            yield item
+            text = cleaner.feed(item)
+            if text:
+                yield text

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from core.config import Config
 from core.errors import FinechatError
 from core.frontends import Frontend, discover
+from core.loopwatch import watch_loop
+from core.metrics import metrics_for
 from core.runtime import open_service
 from core.service import ChatService
 
@@ -143,6 +145,7 @@ async def serve(config: Config, only: set[str] | None = None) -> int:
                     "nothing to serve: enable the web chat ([web] enabled = true, needs "
                     "finechat[web]) or set DISCORD_BOT_TOKEN / TELEGRAM_BOT_TOKEN"
                 )
-            return await run_frontends(frontends, stop)
+            async with watch_loop(metrics_for(service).registry):
+                return await run_frontends(frontends, stop)
     finally:
         remove()

@@ -357,6 +357,7 @@ async def serve_api(config: Config, *, host: str, port: int) -> int:
 
     import uvicorn
 
+    from core.loopwatch import watch_loop
     from core.runtime import load_engine
     from core.serve import install_signal_handlers
     from core.service import sampling_defaults
@@ -377,7 +378,8 @@ async def serve_api(config: Config, *, host: str, port: int) -> int:
         serving = asyncio.create_task(server.serve())
         print(f"finechat API on http://{host}:{port}/v1 (model {engine.info.name})", flush=True)
         stopper = asyncio.create_task(stop.wait())
-        _done, _ = await asyncio.wait([serving, stopper], return_when=asyncio.FIRST_COMPLETED)
+        async with watch_loop():  # stalls are logged (this server has no /metrics)
+            await asyncio.wait([serving, stopper], return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
         stopper.cancel()
         await serving
