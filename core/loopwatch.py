@@ -65,6 +65,8 @@ class LoopWatch:
         """Stalls over ``warn_after`` seen so far."""
         self.worst = 0.0
         """The longest lag seen, in seconds."""
+        self.stalled = asyncio.Event()
+        """Set at the first stall over ``warn_after``."""
 
     async def run(self) -> None:
         while True:
@@ -75,6 +77,7 @@ class LoopWatch:
             self.worst = max(self.worst, lag)
             if lag > self.warn_after:
                 self.stalls += 1
+                self.stalled.set()
                 log.warning(
                     "event loop blocked for %.2f s: every chat and web request waited "
                     "(something ran on the loop thread instead of awaiting)",

@@ -24,6 +24,8 @@ class Fence:
     char: str
     length: int
     info: str
+    line: str = ""
+    """The opening line as written, without its indentation."""
 
     @property
     def marker(self) -> str:
@@ -32,7 +34,7 @@ class Fence:
     @property
     def opener(self) -> str:
         """The line that reopens this block in a new message."""
-        return self.marker + self.info
+        return self.line or self.marker + self.info
 
     def closed_by(self, line: str) -> bool:
         """Whether ``line`` closes this block."""
@@ -57,7 +59,7 @@ def parse_opener(line: str) -> Fence | None:
     info = rest.strip()
     if char == "`" and "`" in info:
         return None
-    return Fence(char, length, info)
+    return Fence(char, length, info, stripped.rstrip())
 
 
 def open_fence_at_end(text: str) -> Fence | None:

@@ -213,7 +213,9 @@ class _Splitter:
 
     def choose_cut(self, pos: int, reopen: int) -> int:
         """Where the chunk starting at ``pos`` ends (always after ``pos``)."""
-        hi = self.farthest(pos, self.limit - reopen)
+        # Not the last chunk, so something must be left for it (the text may fit in one
+        # chunk only without the suffix).
+        hi = min(self.farthest(pos, self.limit - reopen), self.end - 1)
         # Leave room for the closing fence line the cut at ``hi`` would need.
         steps = 0
         while hi > pos + 1 and self.cost(pos, hi, reopen) > self.limit and steps < self.limit:
