@@ -139,7 +139,8 @@ class _Splitter:
         if measure is len:
             self.widths: list[int] | None = None
         else:
-            self.widths = list(accumulate((max(1, measure(c)) for c in text), initial=0))
+            size = {c: max(1, measure(c)) for c in set(text)}  # each distinct character once
+            self.widths = list(accumulate(map(size.__getitem__, text), initial=0))
         self.end = len(text.rstrip())
         self._carried: dict[Fence, tuple[str, int, int]] = {}
 

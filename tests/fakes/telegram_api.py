@@ -4,7 +4,7 @@ It speaks the HTTP protocol PTB speaks (``POST /bot<token>/<method>`` with form 
 non-string values are JSON) and keeps just enough state to check what a person would see:
 each chat's messages with their current text, after parsing HTML the way Telegram does —
 strictly: unknown tags, misnesting and bare ``<``/``&`` are rejected with Telegram's
-"can't parse entities" error, and texts over 4,096 characters with "message is too long".
+"can't parse entities" error, and texts over 4,096 UTF-16 code units with "message is too long".
 
 Scenarios are driven through ``getUpdates`` (:meth:`FakeBotAPI.send_text` queues an update
 and the bot's long poll picks it up). Faults can be armed per method: HTTP 429 with
@@ -419,7 +419,7 @@ class FakeBotAPI:
                 raise _APIError(400, f"Bad Request: can't parse entities: {exc}") from None
         if not text.strip():
             raise _APIError(400, "Bad Request: message text is empty")
-        if len(text) > MAX_TEXT:
+        if _utf16_len(text) > MAX_TEXT:  # Telegram counts UTF-16 units: an emoji is two
             raise _APIError(400, "Bad Request: message is too long")
         return text, source
 
@@ -484,7 +484,7 @@ async def _params(request: web.Request) -> dict[str, Any]:
 
 
 def _utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def _entities(text: str) -> list[dict[str, Any]]:
