@@ -19,6 +19,7 @@ from tests.fakes.telegram_api import visible_text
         ("``a ` b``", "<code>a ` b</code>"),
         ("~~gone~~ but ~not~", "<s>gone</s> but ~not~"),
         ("# Title **x**", "<b>Title x</b>"),
+        ("## Learning C# ##", "<b>Learning C#</b>"),
         ("- one\n* two\n  * three", "- one\n• two\n  • three"),
         ("> quoted\n> more\nafter", "<blockquote>quoted\nmore</blockquote>\nafter"),
         (

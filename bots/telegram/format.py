@@ -18,7 +18,7 @@ constructs become tags and everything else is escaped text:
 
 Linear: every line is scanned left to right once, with the next same-length backtick run and
 the next ``]`` found from precomputed positions, never by re-scanning, and no regular
-expression here can backtrack. No placeholders are spliced into the text (the old renderer's
+expression here has nested or overlapping repetition (none can backtrack more than linearly). No placeholders are spliced into the text (the old renderer's
 NUL placeholders could be forged by the text itself).
 
 What reaches the reader: every character of the answer except Markdown markup
@@ -31,13 +31,18 @@ limit as Markdown fits as HTML. Text is first cleaned like all model text
 nothing visible would remain (an empty code block, say), the escaped Markdown is returned
 instead: Telegram refuses an empty message.
 
-Why hand-written: the maintained converters were measured against these invariants (issue 12,
-fuzzing plus 100 KB adversarial inputs and a set of realistic answers). chatgpt-md-converter is a chain of lazy
-``.*?`` regexes — quadratic, seconds to minutes on 100 KB of ``**a ``/``*a ``/``[`` — and
-drops text (``【…】``, misnested tags); telegramify-markdown (pulldown-cmark via pyromark) is
-linear and renders well, but produces entities rather than HTML, raises on a lone surrogate,
-drops raw HTML blocks and inline tags from the text (``a < b <b>x</b>``), turns ``***`` into
-a rule, and adds a compiled dependency. Neither meets "every character reaches the chat".
+Why hand-written: the maintained converters were measured against these invariants (issue 12;
+2,000 random hostile strings, 21 adversarial inputs up to 100 KB, 14 realistic answers).
+chatgpt-md-converter 0.3.12 is a chain of lazy ``.*?`` regexes: no return within 10 s on
+100 KB of ``**a ``, ``*a ``, ``[``/``](`` or unclosed links, 122/1,998 fuzz outputs rejected
+by Telegram's parser and 571 losing characters (it deletes ``【…】``, turns ``-`` bullets into
+``•``, misnests tags). telegramify-markdown 1.4.1 (pulldown-cmark via the compiled pyromark)
+is linear and renders well, but emits entities rather than HTML, raises on a lone surrogate,
+and loses characters in 1,353/1,998 fuzz cases and 5/14 realistic answers: inline HTML and
+HTML blocks vanish (``a < b <b>x</b>``, ``<div>``), ``$…$`` becomes math, ``-`` bullets become
+``⦁``; 94 fuzz cases and inputs like 2,600 ``~`` or an unterminated fence render as an empty
+message, which Telegram refuses. This renderer: 1,998/1,998 and 14/14, every adversarial input
+accepted, at most about 0.25 s for 100 KB.
 """
 
 from __future__ import annotations
@@ -193,7 +198,10 @@ class _Renderer:
     def prose_line(self, line: str) -> None:
         heading = _HEADING.match(line)
         if heading is not None:
-            rest = line[heading.end() :].rstrip(" \t").rstrip("#").rstrip(" \t")
+            rest = line[heading.end() :].rstrip(" \t")
+            unclosed = rest.rstrip("#")  # a closing run of # goes, but not the one in "C#"
+            if not unclosed or unclosed[-1] in " \t":
+                rest = unclosed.rstrip(" \t")
             inner = _Renderer()
             inner.inline(rest, heading=True)
             if inner.visible:
