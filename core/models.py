@@ -280,7 +280,9 @@ async def load_model(model: ModelConfig, name: str) -> Engine:
         from core.remote_engine import RemoteEngine
 
         label = model.name or ("" if name == DEFAULT_ALIAS else name)  # "" = the server's id
-        return await RemoteEngine.connect(model.remote, n_ctx=model.n_ctx, name=label)
+        return await RemoteEngine.connect(
+            model.remote, n_ctx=model.n_ctx, name=label, max_queue=model.max_queue
+        )
     from core.runtime import load_engine
 
     return await load_engine(replace(Config(), model=model))
