@@ -44,7 +44,7 @@ SETTING_KEYS = {f.name for f in fields(SamplingParams)}
 #: and replaced by :data:`GENERIC_FAILURE` (a model load error names files, a database error
 #: names tables: neither is for a chat).
 CHAT_SAFE = (InvalidInput, ConversationBusy, EngineBusy, EngineUnavailable, LimitExceeded)
-GENERIC_FAILURE = "Something went wrong on my side and I could not answer. Please try again later."
+GENERIC_FAILURE = "Sorry — something went wrong on my side. Please try again in a moment."
 CANCELLED_EARLY = "That message was stopped before I could answer it."
 
 
@@ -263,7 +263,7 @@ class ChatService:
         turn continues the newest message of the active conversation. ``model`` answers with
         that model instead of the conversation's choice (the web arena). ``person`` is whose
         ``[limits]`` the reply counts against (``telegram:USER_ID``, ``discord:USER_ID``,
-        ``web:LOGIN``, ``web-addr:IP``; default: derived from ``key``), ``exempt`` skips the
+        ``web:LOGIN``, ``web:addr:IP``; default: derived from ``key``), ``exempt`` skips the
         limits (admins). Raises :class:`FinechatError` subclasses for anything the user should
         be told — :class:`LimitExceeded` before anything is stored or generated.
 
