@@ -11,6 +11,7 @@ also keeps conversation state in RAM (KV cache); the bots' ``/forget`` goes thro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -62,13 +63,27 @@ async def cmd_stats(config: Config, args: argparse.Namespace) -> int:
     try:
         platforms = await store.platform_stats()
         slowest = await store.slowest_replies(max(0, args.top))
+        usage = await store.usage_summary(time.time() - 86400)
     finally:
         await store.aclose()
+    limits = dataclasses.asdict(config.limits)
     if args.json:
-        print(json.dumps({"platforms": platforms, "slowest": slowest}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "platforms": platforms,
+                    "slowest": slowest,
+                    "usage_24h": usage,
+                    "limits": limits,
+                },
+                indent=2,
+            )
+        )
         return 0
     if not platforms:
         print("no conversations yet")
+    _print_usage(usage, limits)
+    if not platforms:
         return 0
     header = ("platform", "users", "convs", "turns", "replies", "tokens", "avg s", "max s")
     rows = [
@@ -103,16 +118,56 @@ async def cmd_stats(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_usage(usage: list[dict[str, Any]], limits: dict[str, int]) -> None:
+    """Per-person limit counters of the last 24 hours (``[limits]``)."""
+    shown = ", ".join(f"{k} {v or 'off'}" for k, v in limits.items())
+    print(f"limits: {shown}")
+    if not usage:
+        print("usage (24 h): nothing counted yet\n")
+        return
+    table: dict[str, dict[str, int]] = {}
+    for row in usage:
+        cell = table.setdefault(row["platform"], {"replies": 0, "tokens": 0, "people": 0})
+        if row["kind"] == "reply":
+            cell.update(replies=row["events"], tokens=row["tokens"], people=row["people"])
+        elif row["kind"] == "refused":
+            cell["refused"] = row["events"]
+        elif row["kind"] == "write":
+            cell["changes"] = row["events"]
+    print("usage in the last 24 h:")
+    _table(
+        ("platform", "people", "replies", "tokens", "refused", "changes"),
+        [
+            (p, c["people"], c["replies"], c["tokens"], c.get("refused", 0), c.get("changes", 0))
+            for p, c in sorted(table.items())
+        ],
+    )
+    print()
+
+
+def _wal_note(truncated: bool) -> None:
+    if not truncated:
+        print(
+            "note: another process is reading the database, so the deleted rows may still be in "
+            "its -wal file; they are overwritten at the next checkpoint (run this again, or stop "
+            "finechat serve briefly)",
+            file=sys.stderr,
+        )
+
+
 async def cmd_prune(config: Config, args: argparse.Namespace) -> int:
     age = parse_duration(args.older_than)
     store = await MemoryStore.open(config.database.path)
     try:
-        conversations, messages = await store.prune(time.time() - age)
+        report = await store.prune_report(time.time() - age)
     finally:
         await store.aclose()
     print(
-        f"deleted {conversations} conversations ({messages} messages) older than {args.older_than}"
+        f"deleted {report.conversations} conversations ({report.messages} messages), "
+        f"{report.profiles} personas/settings and {report.votes} arena votes "
+        f"older than {args.older_than}"
     )
+    _wal_note(report.wal_truncated)
     return 0
 
 
@@ -120,12 +175,14 @@ async def cmd_forget(config: Config, args: argparse.Namespace) -> int:
     key = user_key(args.user)
     store = await MemoryStore.open(config.database.path)
     try:
-        removed = await store.forget(key)
+        report = await store.forget_report(key)
     finally:
         await store.aclose()
-    print(f"{key}: deleted {removed} messages, settings and persona")
-    if not removed:
+    removed = report.messages
+    print(f"{key}: deleted {removed} messages, settings and persona, {report.votes} arena votes")
+    if not (removed or report.conversations or report.profiles or report.votes):
         print(f"(nothing was stored for {key})", file=sys.stderr)
+    _wal_note(report.wal_truncated)
     return 0
 
 

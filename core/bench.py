@@ -362,6 +362,7 @@ async def _finechat_load(
     ]
     env = {k: v for k, v in os.environ.items() if k != "FINECHAT_API_KEY"}
     env["FINECHAT_MODEL__MAX_QUEUE"] = "1024"
+    env["FINECHAT_LIMITS__REPLIES_PER_MINUTE"] = "0"  # one address, many simulated users
     proc = await asyncio.to_thread(
         subprocess.Popen, cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
     )

@@ -64,6 +64,8 @@ class RemoteConfig:
     backoff: float = 0.5
     max_concurrent: int = 4
     extended_sampling: bool = True
+    token_cache_mb: float = 16.0
+    """Memory for remembered token counts of message bodies (history is re-counted each turn)."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,33 @@ class ChatConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Per-person limits, counted across a person's chats on one platform (0 = no limit).
+
+    A person is a Telegram or Discord user id, a web login, or the client address of an
+    anonymous web visitor or an API client. Counts live in the database, so a restart does not
+    reset them; bot admins are exempt.
+    """
+
+    replies_per_minute: int = 20
+    """Replies (including retries) one person may start in any rolling 60 seconds."""
+    tokens_per_day: int = 0
+    """Completion tokens one person may receive in any rolling 24 hours."""
+    settings_per_minute: int = 30
+    """Persona and settings changes one person may make in any rolling 60 seconds."""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """Request limits of the OpenAI-compatible API (``/v1``)."""
+
+    max_body_bytes: int = 1_048_576
+    max_messages: int = 64
+    max_tokens: int = 2048
+    """The most ``max_tokens`` a request may ask for (also capped by the model's context)."""
+
+
+@dataclass(frozen=True)
 class DatabaseConfig:
     path: str = "finechat.sqlite"
 
@@ -143,6 +172,8 @@ class WebConfig:
     root_path: str = ""
     auth_file: str = ""
     """``user:password`` lines: the web chat asks for a login and keeps memory per user."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Reverse proxies (addresses or CIDR networks) whose ``X-Forwarded-For`` is believed."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +242,8 @@ class Config:
     models: dict[str, ModelConfig] = field(default_factory=dict)
     """Extra named models (``[models.NAME]`` tables); ``[model]`` stays the default."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
 
 #: Keys that may only come from the environment or a token file, never from TOML.
@@ -347,6 +380,32 @@ def _validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(message)
     _validate_models(cfg)
+    _validate_limits(cfg)
+
+
+def _validate_limits(cfg: Config) -> None:
+    """``[limits]``, ``[api]`` and the proxy list of ``[web]``."""
+    lim, api = cfg.limits, cfg.api
+    checks = [
+        (lim.replies_per_minute >= 0, "limits.replies_per_minute: must be >= 0 (0 = no limit)"),
+        (lim.tokens_per_day >= 0, "limits.tokens_per_day: must be >= 0 (0 = no limit)"),
+        (lim.settings_per_minute >= 0, "limits.settings_per_minute: must be >= 0 (0 = no limit)"),
+        (api.max_body_bytes >= 1024, "api.max_body_bytes: must be at least 1024"),
+        (api.max_messages >= 1, "api.max_messages: must be >= 1"),
+        (api.max_tokens >= 1, "api.max_tokens: must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    import ipaddress
+
+    for i, proxy in enumerate(cfg.web.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"web.trusted_proxies[{i}]: {proxy!r} is not an IP address or network"
+            ) from None
 
 
 def _validate_models(cfg: Config) -> None:
@@ -371,6 +430,7 @@ def _validate_models(cfg: Config) -> None:
             (r.backoff >= 0, f"{where}.remote.backoff: must be >= 0"),
             (r.max_concurrent >= 1, f"{where}.remote.max_concurrent: must be >= 1"),
             (bool(r.api_key_env), f"{where}.remote.api_key_env: must name a variable"),
+            (r.token_cache_mb >= 0, f"{where}.remote.token_cache_mb: must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

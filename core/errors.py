@@ -33,3 +33,16 @@ class EngineUnavailable(FinechatError):
 
 class EngineBusy(FinechatError):
     """The engine's admission queue is full; the message says when to try again."""
+
+
+class LimitExceeded(FinechatError):
+    """A person reached one of their ``[limits]``; nothing was stored or generated.
+
+    The message names the limit and when it resets; ``retry_after`` is that wait in seconds
+    (the HTTP API sends it as ``Retry-After``).
+    """
+
+    def __init__(self, message: str, *, retry_after: float, limit: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.limit = limit

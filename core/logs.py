@@ -178,7 +178,9 @@ class TurnLogger:
     def on_turn(self, record: TurnRecord) -> None:
         fields = turn_fields(record, salt=self.config.key_salt, content=self.config.content)
         level = (
-            logging.INFO if record.ok or record.outcome in {"busy", "invalid"} else logging.WARNING
+            logging.INFO
+            if record.ok or record.outcome in {"busy", "invalid", "limited"}
+            else logging.WARNING
         )
         self.log.log(level, "turn", extra={"fields": fields})
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
@@ -80,6 +81,24 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN latency REAL;
     CREATE INDEX messages_created ON messages(created_at);
     """,
+    # v4: per-installation values (the log-hash salt) and per-person usage (core/limits.py).
+    # ``person`` is a keyed hash of the person's id: the table says how much, never who.
+    """
+    CREATE TABLE meta (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE usage (
+        id INTEGER PRIMARY KEY,
+        person TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        at REAL NOT NULL,
+        tokens INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX usage_person ON usage(person, kind, at);
+    CREATE INDEX usage_at ON usage(at);
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -144,6 +163,22 @@ class Profile:
     settings: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Deletion:
+    """What ``forget``/``prune`` removed, and whether the WAL file was emptied afterwards.
+
+    ``wal_truncated`` is False when another connection (a reader in another process) kept the
+    checkpoint from finishing: the deleted text may then linger in the ``-wal`` file until a
+    later checkpoint (the store retries on its next deletion and when it closes).
+    """
+
+    conversations: int
+    messages: int
+    profiles: int
+    votes: int
+    wal_truncated: bool
+
+
 def platform_of(key: str) -> str:
     platform, sep, rest = key.partition(":")
     if not sep or not platform or not rest:
@@ -165,9 +200,14 @@ _M_TURN_COLUMNS = ", ".join("m." + c.strip() for c in _TURN_COLUMNS.split(","))
 class MemoryStore:
     """The SQLite store. Open with ``await MemoryStore.open(path)``; close with ``aclose``."""
 
+    #: How long a post-deletion checkpoint waits for other connections' readers.
+    checkpoint_wait_s = 2.0
+
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self._db = db
         self.path = path
+        self._wal_dirty = False
+        """A checkpoint after a deletion did not finish: retry on the next one and at close."""
 
     @classmethod
     async def open(cls, path: str | Path) -> MemoryStore:
@@ -218,7 +258,76 @@ class MemoryStore:
             )
 
     async def aclose(self) -> None:
+        if self._wal_dirty:
+            await self._checkpoint()
         await self._db.close()
+
+    # -- per-installation values -----------------------------------------------------------
+
+    async def installation_salt(self) -> str:
+        """A random secret made once per database (the log-hash salt when none is configured).
+
+        Keyed hashes of chat ids with a public (empty) key can be reversed by hashing every
+        plausible id; with this salt they cannot, and they stay stable across restarts.
+        """
+        async with self._db.execute("SELECT value FROM meta WHERE name = 'key_salt'") as cur:
+            row = await cur.fetchone()
+        if row:
+            return str(row[0])
+        await self._db.execute(
+            "INSERT OR IGNORE INTO meta (name, value) VALUES ('key_salt', ?)",
+            (secrets.token_hex(32),),
+        )
+        await self._db.commit()
+        async with self._db.execute("SELECT value FROM meta WHERE name = 'key_salt'") as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return str(row[0])
+
+    # -- per-person usage (core/limits.py) -------------------------------------------------
+
+    async def usage_add(
+        self, person: str, platform: str, kind: str, at: float, tokens: int = 0
+    ) -> int:
+        cur = await self._db.execute(
+            "INSERT INTO usage (person, platform, kind, at, tokens) VALUES (?, ?, ?, ?, ?)",
+            (person, platform, kind, at, tokens),
+        )
+        await self._db.commit()
+        assert cur.lastrowid is not None
+        return int(cur.lastrowid)
+
+    async def usage_set_tokens(self, usage_id: int, tokens: int) -> None:
+        await self._db.execute("UPDATE usage SET tokens = ? WHERE id = ?", (tokens, usage_id))
+        await self._db.commit()
+
+    async def usage_delete(self, usage_id: int) -> None:
+        await self._db.execute("DELETE FROM usage WHERE id = ?", (usage_id,))
+        await self._db.commit()
+
+    async def usage_events(self, person: str, kind: str, since: float) -> list[tuple[float, int]]:
+        """(time, tokens) of ``person``'s events of ``kind`` after ``since``, oldest first."""
+        async with self._db.execute(
+            "SELECT at, tokens FROM usage WHERE person = ? AND kind = ? AND at > ? ORDER BY at",
+            (person, kind, since),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(float(r[0]), int(r[1])) for r in rows]
+
+    async def usage_prune(self, before: float) -> None:
+        await self._db.execute("DELETE FROM usage WHERE at < ?", (before,))
+        await self._db.commit()
+
+    async def usage_summary(self, since: float) -> list[dict[str, Any]]:
+        """Per platform and kind since ``since``: events, people, completion tokens."""
+        async with self._db.execute(
+            "SELECT platform, kind, COUNT(*), COUNT(DISTINCT person), COALESCE(SUM(tokens), 0)"
+            " FROM usage WHERE at > ? GROUP BY platform, kind ORDER BY platform, kind",
+            (since,),
+        ) as cur:
+            rows = await cur.fetchall()
+        names = ("platform", "kind", "events", "people", "tokens")
+        return [dict(zip(names, r, strict=True)) for r in rows]
 
     async def schema_version(self) -> int:
         async with self._db.execute("PRAGMA user_version") as cur:
@@ -436,21 +545,29 @@ class MemoryStore:
     # -- data deletion and operator statistics (finechat forget / prune / stats) -------------
 
     async def forget(self, key: str) -> int:
+        """Delete all of ``key``'s data; the number of messages deleted (see :meth:`forget_report`)."""
+        return (await self.forget_report(key)).messages
+
+    async def forget_report(self, key: str) -> Deletion:
         """Delete all of ``key``'s data: conversations, messages, profile, arena votes.
 
-        Sub-conversations named ``key#...`` (the web arena's ``key#arena-a``) go too. Returns
-        the number of messages deleted. Deleted pages are zeroed (``secure_delete``) and the
-        WAL is truncated, so the text does not linger in the file.
+        Sub-conversations named ``key#...`` (the web arena's ``key#arena-a``) go too. Deleted
+        pages are zeroed (``secure_delete``) and the WAL is truncated, so the text does not
+        linger in the file; ``wal_truncated`` says whether that last step finished.
         """
         platform_of(key)
         mine = "(key = ? OR key LIKE ? ESCAPE '\\')"
         keys = (key, _like_prefix(key + "#"))
         async with self._db.execute(
-            "SELECT COUNT(*) FROM messages WHERE conversation_id IN"
-            f" (SELECT id FROM conversations WHERE {mine})",
-            keys,
+            f"SELECT (SELECT COUNT(*) FROM conversations WHERE {mine}),"
+            " (SELECT COUNT(*) FROM messages WHERE conversation_id IN"
+            f" (SELECT id FROM conversations WHERE {mine})),"
+            f" (SELECT COUNT(*) FROM profiles WHERE {mine}),"
+            f" (SELECT COUNT(*) FROM votes WHERE {mine})",
+            keys * 4,
         ) as cur:
             row = await cur.fetchone()
+        assert row is not None
         await self._db.execute(
             "DELETE FROM messages WHERE conversation_id IN"
             f" (SELECT id FROM conversations WHERE {mine})",
@@ -458,16 +575,59 @@ class MemoryStore:
         )
         await self._db.execute(f"DELETE FROM conversations WHERE {mine}", keys)
         await self._db.execute(f"DELETE FROM profiles WHERE {mine}", keys)
-        await self._db.execute("DELETE FROM votes WHERE key = ?", (key,))
+        await self._db.execute(f"DELETE FROM votes WHERE {mine}", keys)
         await self._db.commit()
-        await self._checkpoint()
-        return int(row[0]) if row else 0
+        truncated = await self._checkpoint()
+        return Deletion(int(row[0]), int(row[1]), int(row[2]), int(row[3]), truncated)
+
+    async def sub_keys(self, key: str) -> list[str]:
+        """``key`` and its sub-conversation keys (``key#...``) that have stored conversations."""
+        async with self._db.execute(
+            "SELECT DISTINCT key FROM conversations WHERE key = ? OR key LIKE ? ESCAPE '\\'",
+            (key, _like_prefix(key + "#")),
+        ) as cur:
+            rows = await cur.fetchall()
+        return sorted({key, *(str(r[0]) for r in rows)})
+
+    async def adopt_key(self, old: str, new: str) -> bool:
+        """Move ``old``'s data (and its ``old#...`` sub-keys) to ``new`` if ``new`` has none.
+
+        For a key format change: the data stays reachable under the new key. True if moved.
+        """
+        platform_of(old)
+        platform_of(new)
+        async with self._db.execute(
+            "SELECT (SELECT COUNT(*) FROM conversations WHERE key = ? OR key LIKE ? ESCAPE '\\'),"
+            " (SELECT COUNT(*) FROM conversations WHERE key = ? OR key LIKE ? ESCAPE '\\'),"
+            " (SELECT COUNT(*) FROM profiles WHERE key = ?)",
+            (old, _like_prefix(old + "#"), new, _like_prefix(new + "#"), new),
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        if not row[0] or row[1] or row[2]:
+            return False
+        n = len(old)
+        for table in ("conversations", "profiles", "votes"):
+            await self._db.execute(
+                f"UPDATE {table} SET key = ? || substr(key, ?)"
+                " WHERE key = ? OR key LIKE ? ESCAPE '\\'",
+                (new, n + 1, old, _like_prefix(old + "#")),
+            )
+        await self._db.commit()
+        return True
 
     async def prune(self, before: float) -> tuple[int, int]:
-        """Delete conversations with no activity since ``before`` (a Unix time).
+        """Delete what has been idle since ``before``; (conversations, messages) deleted."""
+        report = await self.prune_report(before)
+        return report.conversations, report.messages
 
-        A conversation's activity is its newest message (or its creation when empty). Returns
-        (conversations, messages) deleted; profiles and votes are left alone.
+    async def prune_report(self, before: float) -> Deletion:
+        """Delete conversations with no activity since ``before`` (a Unix time), and with them
+        the profiles (persona, settings) of keys left without any conversation and arena votes
+        older than ``before``.
+
+        A conversation's activity is its newest message (or its creation when empty); a profile
+        changed since ``before`` is kept.
         """
         old = (
             "SELECT c.id FROM conversations c WHERE COALESCE("
@@ -486,18 +646,47 @@ class MemoryStore:
             " AND created_at < ?",
             (before,),
         )
+        profiles = await self._db.execute(
+            "DELETE FROM profiles WHERE updated_at < ?"
+            " AND key NOT IN (SELECT key FROM conversations)",
+            (before,),
+        )
+        votes = await self._db.execute("DELETE FROM votes WHERE created_at < ?", (before,))
         await self._db.commit()
-        await self._checkpoint()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+        truncated = await self._checkpoint()
+        return Deletion(
+            int(row[0]) if row else 0,
+            int(row[1]) if row else 0,
+            max(0, profiles.rowcount or 0),
+            max(0, votes.rowcount or 0),
+            truncated,
+        )
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it; False if a reader kept it busy.
+
+        ``wal_checkpoint(TRUNCATE)`` answers (busy, log frames, checkpointed frames): busy = 1
+        means another connection's read transaction still needs old frames, so the WAL (and
+        any deleted text in it) stays. That is reported and retried later, never ignored.
+        """
+        wait_ms = max(0, int(self.checkpoint_wait_s * 1000))
+        row: Any = None
         try:
+            await self._db.execute(f"PRAGMA busy_timeout={wait_ms}")
             async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
-                await cur.fetchall()
+                row = await cur.fetchone()
         except sqlite3.OperationalError as exc:
-            # Another statement is mid-flight on this connection: the rows are deleted already
-            # and their WAL frames are overwritten by later checkpoints.
-            log.warning("WAL checkpoint after a deletion was postponed: %s", exc)
+            log.warning("WAL checkpoint after a deletion failed: %s", exc)
+        finally:
+            await self._db.execute("PRAGMA busy_timeout=5000")
+        ok = row is not None and int(row[0]) == 0
+        self._wal_dirty = not ok
+        if not ok:
+            log.warning(
+                "deleted rows are gone from the database, but another connection is reading: "
+                "the WAL file keeps old pages until the next checkpoint (retried later)"
+            )
+        return ok
 
     async def platform_stats(self) -> list[dict[str, Any]]:
         """Per platform: users, conversations, user turns, replies, tokens, reply latency."""

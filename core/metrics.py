@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from core.observe import TurnRecord
@@ -110,7 +110,7 @@ class _LiveCollector(Collector):
     def describe(self) -> Iterable[Any]:
         return []
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         service = self._service()
         if service is None:
             return
@@ -147,6 +147,7 @@ class _LiveCollector(Collector):
             slots.add_metric([name], n_slots)
             cached.add_metric([name], _cached_conversations(engine))
         yield from (queue, pending, busy, slots, cached, loaded)
+        yield from _limit_metrics(service)
         yield GaugeMetricFamily(
             "finechat_active_conversations",
             "Conversations with a reply in flight.",
@@ -157,6 +158,27 @@ class _LiveCollector(Collector):
             yield GaugeMetricFamily(
                 "finechat_database_bytes", "Memory database size (file + WAL).", value=size
             )
+
+
+def _limit_metrics(service: ChatService) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """``[limits]``: the configured caps and how many messages they refused, per platform."""
+    limiter = service.limiter
+    if limiter is None:
+        return
+    caps = GaugeMetricFamily(
+        "finechat_limit", "Configured per-person limits (0 = no limit).", labels=["limit"]
+    )
+    for name in ("replies_per_minute", "tokens_per_day", "settings_per_minute"):
+        caps.add_metric([name], float(getattr(limiter.config, name)))
+    refusals = CounterMetricFamily(
+        "finechat_limit_refusals",
+        "Messages refused because a person reached a limit, since start.",
+        labels=["platform", "limit"],
+    )
+    for (platform, limit), count in sorted(limiter.refusals.items()):
+        refusals.add_metric([platform, limit], float(count))
+    yield caps
+    yield refusals
 
 
 def _engines(service: ChatService) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from core.errors import (
     EngineUnavailable,
     FinechatError,
     InvalidInput,
+    LimitExceeded,
 )
 
 log = logging.getLogger("finechat.observe")
@@ -34,7 +35,7 @@ class TurnRecord:
     model: str
     outcome: str
     """``stop``/``length``/``cancelled`` when answered, else ``busy``, ``invalid``,
-    ``unavailable``, ``overloaded``, ``abandoned`` or ``error``."""
+    ``unavailable``, ``overloaded``, ``limited``, ``abandoned`` or ``error``."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -69,6 +70,8 @@ def outcome_of(exc: BaseException) -> str:
         return "busy"
     if isinstance(exc, InvalidInput):
         return "invalid"
+    if isinstance(exc, LimitExceeded):
+        return "limited"
     if isinstance(exc, EngineBusy):
         return "overloaded"
     if isinstance(exc, EngineUnavailable):

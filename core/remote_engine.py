@@ -12,20 +12,31 @@ names. A dead or slow server becomes :class:`EngineUnavailable` with a short mes
 user; requests are retried with exponential backoff on 429, 5xx and connection errors, but only
 before the first token (a half-streamed answer is never silently restarted).
 
-The server renders the chat template itself and may parse special tokens in message text, so
-special-token look-alikes in message bodies are defused (a zero-width space after their first
+The server renders the chat template itself and parses special tokens anywhere in the prompt,
+so special-token look-alikes in message bodies are defused (a zero-width space after their first
 character) before they are sent: a user cannot switch roles by typing ``<|im_start|>system``.
+Which strings are special is learnt from the model's own vocabulary, not guessed from a list
+of formats: with a local GGUF tokenizer every control and user-defined token is known at
+start; with the server's tokenizer, markup-shaped runs of a message (``<…>``, ``[…]``: DeepSeek's
+full-width ``<｜User｜>``, ``<tool_call>``, ``[TOOL_CALLS]``, ``</think>``…) are asked about, and
+the ones the server reads as a single token are defused (verdicts are cached). A generic
+pattern still covers the common formats when the tokenizer cannot be asked.
+
+Admission matches the local engine: past ``model.max_queue`` waiting generations, callers get
+:class:`EngineBusy` at once rather than an ever longer wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import random
 import re
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -43,7 +54,7 @@ from core.engine import (
     ModelInfo,
     read_stream_queue,
 )
-from core.errors import EngineUnavailable, ModelLoadError
+from core.errors import EngineBusy, EngineUnavailable, ModelLoadError
 from core.template import FALLBACK_TEMPLATE, ChatTemplate, Message, break_special_strings
 
 log = logging.getLogger("finechat.remote")
@@ -58,6 +69,11 @@ _ZWSP = "\u200b"
 _GENERIC_SPECIALS = re.compile(
     r"<\|[^|<>\s]{1,40}\|>|</?s>|\[/?INST\]|<(?:start|end)_of_turn>|<(?:bos|eos)>|\[/?SYSTEM_PROMPT\]"
 )
+#: Markup-shaped runs: the shapes special tokens take (``<|x|>``, ``<｜x｜>``, ``<x>``, ``[X]``).
+_MARKUP = re.compile(r"<[^<>\s]{1,64}>|\[[^\[\]\s]{1,64}\]")
+#: Distinct markup runs of one message checked with the tokenizer; past that, defused unasked.
+MAX_CHECKS_PER_MESSAGE = 32
+_VERDICTS = 8192
 
 
 class TokenCounter(Protocol):
@@ -76,10 +92,29 @@ def api_root(base_url: str) -> str:
     return root[: -len("/v1")] if root.endswith("/v1") else root
 
 
-def defuse_specials(text: str, specials: tuple[str, ...] = ()) -> str:
-    """Break special-token strings in message text so a server cannot parse them as specials."""
+def defuse_specials(
+    text: str, specials: tuple[str, ...] = (), extra: frozenset[str] = frozenset()
+) -> str:
+    """Break special-token strings in message text so a server cannot parse them as specials.
+
+    ``specials`` are the vocabulary's special strings; ``extra`` are markup runs of this text
+    found to be single tokens (see :meth:`RemoteEngine.defuse`).
+    """
     text = break_special_strings(text, specials)
-    return _GENERIC_SPECIALS.sub(lambda m: m.group(0)[0] + _ZWSP + m.group(0)[1:], text)
+    if extra:
+        text = _MARKUP.sub(
+            lambda m: _break(m.group(0)) if m.group(0) in extra else m.group(0), text
+        )
+    return _GENERIC_SPECIALS.sub(lambda m: _break(m.group(0)), text)
+
+
+def _break(token: str) -> str:
+    return token[0] + _ZWSP + token[1:]
+
+
+def markup_candidates(text: str) -> list[str]:
+    """Distinct markup-shaped runs in ``text`` (where special tokens can hide), in order."""
+    return list(dict.fromkeys(m.group(0) for m in _MARKUP.finditer(text)))
 
 
 # -- tokenizers --------------------------------------------------------------------------------
@@ -150,6 +185,8 @@ class GGUFTokenizer:
             raise ModelLoadError(f"cannot read the tokenizer GGUF {path!r}: {exc}") from None
         self.name = f"gguf ({os.path.basename(path)})"
         self.metadata: dict[str, str] = dict(self._llama.metadata or {})
+        self.special_texts: tuple[str, ...] = _gguf_special_texts(self._llama)
+        """Every control and user-defined token's text: the model's real special vocabulary."""
 
     def _tokenize(self, text: str, special: bool) -> list[int]:
         if not text:
@@ -168,12 +205,45 @@ class GGUFTokenizer:
             self._llama.close()
 
 
-class _TokenCache:
-    """Recent (text, special) → tokens: history bodies are re-counted on every turn."""
+def _gguf_special_texts(llama: Any) -> tuple[str, ...]:
+    """Control and user-defined tokens of a vocabulary-only ``Llama`` (best effort)."""
+    try:
+        import ctypes
 
-    def __init__(self, size: int = 4096) -> None:
-        self._items: OrderedDict[tuple[str, bool], list[int]] = OrderedDict()
-        self._size = size
+        import llama_cpp as lc
+
+        vocab = lc.llama_model_get_vocab(llama.model)
+        mask = lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+        piece = ctypes.create_string_buffer(256)
+        out: list[str] = []
+        for tok in range(int(lc.llama_vocab_n_tokens(vocab))):
+            if int(lc.llama_vocab_get_attr(vocab, tok)) & mask:
+                n = lc.llama_token_to_piece(vocab, tok, piece, 256, 0, True)
+                text = bytes(piece.raw[: max(n, 0)]).decode("utf-8", "replace")
+                if len(text) > 1:
+                    out.append(text)
+        return tuple(out)
+    except Exception as exc:  # an older llama-cpp-python: markup is still checked per message
+        log.warning("could not list the tokenizer's special tokens: %s", _describe(exc))
+        return ()
+
+
+class _TokenCache:
+    """Recent (text, special) → tokens, bounded in bytes: history bodies are re-counted on
+    every turn, and API clients can send megabytes of text that must not stay in memory."""
+
+    def __init__(self, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self._items: OrderedDict[tuple[str, bool], tuple[list[int], int]] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    @staticmethod
+    def cost(text: str, tokens: list[int]) -> int:
+        """Memory an entry holds: the string, the list and its int objects, the dict slot."""
+        return sys.getsizeof(text) + 36 * len(tokens) + 200
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     async def get(
         self, text: str, special: bool, compute: Callable[[], Awaitable[list[int]]]
@@ -182,11 +252,19 @@ class _TokenCache:
         hit = self._items.get(key)
         if hit is not None:
             self._items.move_to_end(key)
-            return hit
+            return hit[0]
         tokens = await compute()
-        self._items[key] = tokens
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
+        size = self.cost(text, tokens)
+        if size > self.max_bytes // 4:
+            return tokens  # one huge body would evict everything else: not worth keeping
+        old = self._items.pop(key, None)
+        if old is not None:  # computed twice concurrently
+            self.bytes -= old[1]
+        self._items[key] = (tokens, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes and self._items:
+            _, (_, freed) = self._items.popitem(last=False)
+            self.bytes -= freed
         return tokens
 
 
@@ -198,6 +276,8 @@ class _Probe:
     model: str
     n_ctx: int | None
     template: str | None
+    specials: tuple[str, ...] = ()
+    """Special tokens the server names itself (llama-server's ``/props``: BOS, EOS)."""
 
 
 class RemoteEngine:
@@ -210,13 +290,17 @@ class RemoteEngine:
         counter: TokenCounter,
         info: ModelInfo,
         model: str,
+        max_queue: int = 64,
     ) -> None:
         self.config = config
         self.info = info
         self.model = model
+        self.max_queue = max_queue
         self._client = client
         self._counter = counter
-        self._cache = _TokenCache()
+        self._cache = _TokenCache(int(config.token_cache_mb * 1024 * 1024))
+        self._verdicts: OrderedDict[str, bool] = OrderedDict()
+        """Markup run → whether the model's tokenizer reads it as one token."""
         self._slots = asyncio.Semaphore(config.max_concurrent)
         self._pending = 0
         self._closed = False
@@ -232,6 +316,7 @@ class RemoteEngine:
         name: str = "",
         env: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_queue: int = 64,
     ) -> RemoteEngine:
         """Open the client and learn what the server offers (model id, context, tokenizer).
 
@@ -262,10 +347,12 @@ class RemoteEngine:
             probe = await _probe(client, config)
             counter: TokenCounter
             template_source = probe.template
+            specials: tuple[str, ...] = probe.specials
             if config.tokenizer not in ("", "auto"):
                 gguf = await asyncio.to_thread(GGUFTokenizer, config.tokenizer)
                 counter = gguf
                 template_source = template_source or gguf.metadata.get("tokenizer.chat_template")
+                specials = (*specials, *gguf.special_texts)
             else:
                 endpoint = EndpointTokenizer(client, api_root(config.base_url), probe.model)
                 if probe.model and not await _probe_tokenizer(endpoint):
@@ -287,7 +374,7 @@ class RemoteEngine:
             template=template,
             add_bos=False,
             bos_text="",
-            special_tokens=(),
+            special_tokens=tuple(dict.fromkeys(s for s in specials if len(s) > 1)),
         )
         log.info(
             "remote model %s at %s (n_ctx %d, tokenizer %s)",
@@ -296,7 +383,9 @@ class RemoteEngine:
             effective_ctx,
             counter.name,
         )
-        return cls(config, client, counter, info, model)
+        engine = cls(config, client, counter, info, model, max_queue)
+        await engine._learn_template_markers(template_source or "")
+        return engine
 
     # -- tokens ----------------------------------------------------------------------------
 
@@ -306,6 +395,52 @@ class RemoteEngine:
         return await self._cache.get(
             text, special, lambda: self._counter.tokenize(text, special=special)
         )
+
+    async def _single_token(self, text: str) -> bool | None:
+        """Whether the model's tokenizer reads ``text`` as one token (special parsing on);
+        None when the tokenizer cannot answer right now."""
+        verdict = self._verdicts.get(text)
+        if verdict is not None:
+            self._verdicts.move_to_end(text)
+            return verdict
+        try:
+            verdict = len(await self._counter.tokenize(text, special=True)) == 1
+        except Exception as exc:
+            log.debug("special-token check failed: %s", _describe(exc))
+            return None  # not cached: asked again once the tokenizer is back
+        self._verdicts[text] = verdict
+        if len(self._verdicts) > _VERDICTS:
+            self._verdicts.popitem(last=False)
+        return verdict
+
+    async def _learn_template_markers(self, template: str) -> None:
+        """The template's own markers that are tokens join the known specials (best effort)."""
+        known = set(self.info.special_tokens)
+        extra: list[str] = []
+        for candidate in markup_candidates(template)[:64]:
+            if candidate in known or "{" in candidate or "%" in candidate:
+                continue
+            verdict = await self._single_token(candidate)
+            if verdict is None:
+                break  # the server is not answering: messages are checked on their own later
+            if verdict:
+                extra.append(candidate)
+        if extra:
+            self.info = dataclasses.replace(
+                self.info, special_tokens=(*self.info.special_tokens, *extra)
+            )
+
+    async def defuse(self, text: str) -> str:
+        """``text`` with every string the model would read as a special token broken up."""
+        known = set(self.info.special_tokens)
+        candidates = [c for c in markup_candidates(text) if c not in known]
+        extra: set[str] = set()
+        for i, candidate in enumerate(candidates):
+            # Unchecked (too many, or the tokenizer is down) counts as special: defusing a
+            # harmless ``<b>`` costs nothing, missing a real marker costs the conversation.
+            if i >= MAX_CHECKS_PER_MESSAGE or await self._single_token(candidate) is not False:
+                extra.add(candidate)
+        return defuse_specials(text, self.info.special_tokens, frozenset(extra))
 
     async def encode_messages(self, messages: list[Message]) -> list[int]:
         """Count as the server will see it: the template text with specials, bodies without."""
@@ -323,17 +458,21 @@ class RemoteEngine:
     def generate(self, request: GenerationRequest) -> _RemoteStream:
         if self._closed:
             raise EngineUnavailable("The model is shut down.")
-        position = max(0, self._pending - self.n_slots + 1)
+        ahead = self._pending - self.n_slots + 1
+        if ahead > self.max_queue:
+            raise EngineBusy(
+                f"I'm busy with {self._pending} conversations right now; "
+                "please try again in a minute."
+            )
         self._pending += 1
-        return _RemoteStream(self, request, position)
+        return _RemoteStream(self, request, max(0, ahead))
 
-    def _payload(self, request: GenerationRequest, max_tokens: int) -> dict[str, Any]:
+    async def _payload(self, request: GenerationRequest, max_tokens: int) -> dict[str, Any]:
         s = request.sampling
         messages = request.messages or (Message("user", ""),)
         payload: dict[str, Any] = {
             "messages": [
-                {"role": m.role, "content": defuse_specials(m.content, self.info.special_tokens)}
-                for m in messages
+                {"role": m.role, "content": await self.defuse(m.content)} for m in messages
             ],
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -464,7 +603,7 @@ class _RemoteStream:
     async def _stream(
         self, budget: int, pieces: list[str], state: _StreamState, started: float
     ) -> None:
-        response = await self._engine._open(self._engine._payload(self._request, budget))
+        response = await self._engine._open(await self._engine._payload(self._request, budget))
         try:
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -534,6 +673,7 @@ async def _probe(client: httpx.AsyncClient, config: RemoteConfig) -> _Probe:
     except (httpx.HTTPError, ValueError, AttributeError) as exc:
         log.warning("remote %s not reachable yet: %s", config.base_url, _describe(exc))
         return _Probe(model, None, None)
+    specials: list[str] = []
     with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError, TypeError):
         props = await client.get(api_root(config.base_url) + "/props")
         if props.status_code == 200:
@@ -541,7 +681,10 @@ async def _probe(client: httpx.AsyncClient, config: RemoteConfig) -> _Probe:
             template = body.get("chat_template") or None
             ctx = (body.get("default_generation_settings") or {}).get("n_ctx")
             n_ctx = int(ctx) if ctx else None
-    return _Probe(model or "", n_ctx, template)
+            specials = [
+                str(body[k]) for k in ("bos_token", "eos_token") if isinstance(body.get(k), str)
+            ]
+    return _Probe(model or "", n_ctx, template, tuple(s for s in specials if len(s) > 1))
 
 
 async def _probe_tokenizer(endpoint: EndpointTokenizer) -> bool:

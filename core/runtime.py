@@ -11,6 +11,7 @@ from dataclasses import replace
 from core.config import Config, ModelConfig
 from core.engine import Engine
 from core.llama_engine import LlamaEngine
+from core.logs import TurnLogger
 from core.memory import MemoryStore
 from core.model_source import ModelSpec, resolve_model
 from core.models import DEFAULT_ALIAS, ModelRegistry
@@ -24,7 +25,9 @@ async def load_model(model: ModelConfig, name: str) -> Engine:
     """Load one configured model: a remote endpoint if ``remote.base_url`` is set, else a GGUF."""
     if model.remote.base_url:
         label = model.name or ("" if name == DEFAULT_ALIAS else name)  # "" = the server's id
-        return await RemoteEngine.connect(model.remote, n_ctx=model.n_ctx, name=label)
+        return await RemoteEngine.connect(
+            model.remote, n_ctx=model.n_ctx, name=label, max_queue=model.max_queue
+        )
     return await load_engine(replace(Config(), model=model))
 
 
@@ -48,7 +51,7 @@ async def load_engine(config: Config) -> LlamaEngine:
 @asynccontextmanager
 async def open_service(config: Config) -> AsyncIterator[ChatService]:
     """The chat service with its engine and store, closed in reverse order on exit."""
-    from core.logs import TurnLogger, register_config_secrets
+    from core.logs import register_config_secrets
     from core.metrics import metrics_for
 
     register_config_secrets(config)
@@ -63,11 +66,32 @@ async def open_service(config: Config) -> AsyncIterator[ChatService]:
                 chat=config.chat,
                 generation=config.generation,
                 models=models,
+                limits=config.limits,
+                exempt_people=admin_people(config),
             )
-            service.observers.append(TurnLogger(config.logging))
+            service.observers.append(await turn_logger(config, store))
             metrics_for(service)
             yield service
         finally:
             await models.aclose()
     finally:
         await store.aclose()
+
+
+def admin_people(config: Config) -> frozenset[str]:
+    """The bots' admins as limit persons (``telegram:ID``, ``discord:ID``): never limited."""
+    return frozenset(
+        [f"telegram:{i}" for i in config.telegram.admin_ids]
+        + [f"discord:{i}" for i in config.discord.admin_ids]
+    )
+
+
+async def turn_logger(config: Config, store: MemoryStore) -> TurnLogger:
+    """The turn log, keyed with ``logging.key_salt`` or else this installation's own salt.
+
+    An unkeyed hash of a chat id can be reversed by hashing every plausible id; the database's
+    random salt prevents that and keeps hashes stable across restarts. A configured salt wins
+    (several installations sharing one log can then correlate).
+    """
+    salt = config.logging.key_salt or await store.installation_salt()
+    return TurnLogger(replace(config.logging, key_salt=salt))

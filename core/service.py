@@ -3,7 +3,9 @@
 It ties memory, prompt building and the engine together and keeps the rules that must hold
 whatever the platform: one reply in flight per conversation, the user's turn committed before
 generation, the assistant's only once the reply completes (a cancelled or failed reply leaves
-no half turn), and errors that are safe to show to a person.
+no half turn), per-person limits (:mod:`core.limits`), and errors that are safe to show to a
+person: only :data:`CHAT_SAFE` errors reach a chat with their own text; anything else is
+logged with its detail and becomes a generic apology.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from core.config import ChatConfig, GenerationConfig
+from core.config import ChatConfig, GenerationConfig, LimitsConfig
 from core.engine import Engine, FinishReason, GenerationRequest, SamplingParams
-from core.errors import ConversationBusy, EngineBusy, EngineUnavailable, InvalidInput
+from core.errors import (
+    ConversationBusy,
+    EngineBusy,
+    EngineUnavailable,
+    InvalidInput,
+    LimitExceeded,
+)
+from core.limits import NO_TICKET, Limiter, Ticket, person_of_key
 from core.memory import MemoryStore, Turn, platform_of
 from core.observe import TurnObserver, TurnRecord, notify, outcome_of
 from core.prompt import build_prompt
@@ -31,6 +40,21 @@ log = logging.getLogger("finechat.service")
 
 MAX_PERSONA_CHARS = 4000
 SETTING_KEYS = {f.name for f in fields(SamplingParams)}
+#: Errors whose own message is written for the person in the chat; any other error is logged
+#: and replaced by :data:`GENERIC_FAILURE` (a model load error names files, a database error
+#: names tables: neither is for a chat).
+CHAT_SAFE = (InvalidInput, ConversationBusy, EngineBusy, EngineUnavailable, LimitExceeded)
+GENERIC_FAILURE = "Sorry — something went wrong on my side. Please try again in a moment."
+CANCELLED_EARLY = "That message was stopped before I could answer it."
+
+
+class _Claim:
+    """A conversation's reply in flight; ``cancel`` stops it (queued or generating)."""
+
+    __slots__ = ("cancel",)
+
+    def __init__(self) -> None:
+        self.cancel = asyncio.Event()
 
 
 @dataclass(frozen=True)
@@ -110,12 +134,18 @@ class ChatService:
         chat: ChatConfig | None = None,
         generation: GenerationConfig | None = None,
         models: ModelRegistry | None = None,
+        limits: LimitsConfig | None = None,
+        exempt_people: frozenset[str] = frozenset(),
     ) -> None:
         self.engine = engine
         self.store = store
         self.chat_config = chat or ChatConfig()
         self.defaults = sampling_defaults(generation or GenerationConfig())
-        self._inflight: dict[str, asyncio.Event] = {}
+        self.limiter: Limiter | None = (
+            Limiter(store, limits, exempt=exempt_people) if limits is not None else None
+        )
+        """Per-person limits (``[limits]``); None = nothing counted (a library or test use)."""
+        self._inflight: dict[str, _Claim] = {}
         self.models = models
         """Named models (``[models.NAME]``); None = only ``engine``."""
         self.observers: list[TurnObserver] = []
@@ -168,6 +198,9 @@ class ChatService:
                 yield event
         except Exception as exc:
             outcome = outcome_of(exc)
+            if not isinstance(exc, CHAT_SAFE):
+                log.error("%s failed: %s: %s", kind, type(exc).__name__, exc, exc_info=exc)
+                raise EngineUnavailable(GENERIC_FAILURE) from None
             raise
         finally:
             # Close the inner generator now (a consumer that stops early must free the
@@ -221,15 +254,24 @@ class ChatService:
         platform_message_id: str | None = None,
         settings: Mapping[str, Any] | None = None,
         model: str | None = None,
+        person: str | None = None,
+        exempt: bool = False,
     ) -> AsyncIterator[ReplyEvent]:
         """Answer ``text`` in ``key``'s conversation, streaming :class:`ReplyEvent` s.
 
         ``parent_id`` continues from an older message (a reply chain branch); by default the
         turn continues the newest message of the active conversation. ``model`` answers with
-        that model instead of the conversation's choice (the web arena). Raises
-        :class:`FinechatError` subclasses for anything the user should be told.
+        that model instead of the conversation's choice (the web arena). ``person`` is whose
+        ``[limits]`` the reply counts against (``telegram:USER_ID``, ``discord:USER_ID``,
+        ``web:LOGIN``, ``web:addr:IP``; default: derived from ``key``), ``exempt`` skips the
+        limits (admins). Raises :class:`FinechatError` subclasses for anything the user should
+        be told — :class:`LimitExceeded` before anything is stored or generated.
+
+        Closing the returned generator at any point (``aclose``, or a consumer that stops
+        iterating and drops it) cancels the generation.
         """
-        inner = self._reply(key, text, parent_id, platform_message_id, settings, model)
+        ticket = _Admission(self, key, person, exempt)
+        inner = self._reply(key, text, parent_id, platform_message_id, settings, model, ticket)
         observed = self._observed(key, "reply", text, inner)
         try:
             async for event in observed:
@@ -245,17 +287,20 @@ class ChatService:
         platform_message_id: str | None,
         settings: Mapping[str, Any] | None,
         model: str | None,
+        admission: _Admission,
     ) -> AsyncGenerator[ReplyEvent, None]:
         platform_of_key(key)
         clean = clean_user_text(text, max_chars=self.chat_config.max_input_chars)
-        cancel = self._claim(key)
+        claim = self._claim(key)
         try:
+            ticket = await admission.admit()
             async for event in self._reply_locked(
-                key, clean, parent_id, platform_message_id, settings, cancel, model
+                key, clean, parent_id, platform_message_id, settings, claim.cancel, model, ticket
             ):
                 yield event
         finally:
-            self._inflight.pop(key, None)
+            await admission.close()
+            self._release(key, claim)
 
     async def _reply_locked(
         self,
@@ -266,10 +311,13 @@ class ChatService:
         settings: Mapping[str, Any] | None,
         cancel: asyncio.Event,
         model: str | None = None,
+        ticket: Ticket = NO_TICKET,
     ) -> AsyncIterator[ReplyEvent]:
         conversation, parent = await self._resolve_parent(key, parent_id)
         model, engine = await self._engine_for(key, model)
         n_user = len(await engine.tokenize(text))
+        if cancel.is_set():  # stopped (or forgotten) before anything was stored
+            raise InvalidInput(CANCELLED_EARLY)
         user_turn = await self.store.add_message(
             key,
             "user",
@@ -280,15 +328,24 @@ class ChatService:
             platform_message_id=platform_message_id,
         )
         async for event in self._generate(
-            key, user_turn, settings, cancel, fresh=True, model=model
+            key, user_turn, settings, cancel, fresh=True, model=model, ticket=ticket
         ):
             yield event
 
     async def retry(
-        self, key: str, *, settings: Mapping[str, Any] | None = None
+        self,
+        key: str,
+        *,
+        settings: Mapping[str, Any] | None = None,
+        person: str | None = None,
+        exempt: bool = False,
     ) -> AsyncIterator[ReplyEvent]:
-        """Generate a new answer to the last user message; the old answer stays as a branch."""
-        observed = self._observed(key, "retry", "", self._retry(key, settings))
+        """Generate a new answer to the last user message; the old answer stays as a branch.
+
+        A retry is a reply: it counts against ``person``'s limits as :meth:`reply` does.
+        """
+        admission = _Admission(self, key, person, exempt)
+        observed = self._observed(key, "retry", "", self._retry(key, settings, admission))
         try:
             async for event in observed:
                 yield event
@@ -296,28 +353,36 @@ class ChatService:
             await observed.aclose()
 
     async def _retry(
-        self, key: str, settings: Mapping[str, Any] | None
+        self, key: str, settings: Mapping[str, Any] | None, admission: _Admission
     ) -> AsyncGenerator[ReplyEvent, None]:
         platform_of_key(key)
-        cancel = self._claim(key)
+        claim = self._claim(key)
         try:
             history = await self.store.history(key, limit=2)
             user_turn = next((t for t in reversed(history) if t.role == "user"), None)
             if user_turn is None:
                 raise InvalidInput("There is nothing to retry yet.")
-            async for event in self._generate(key, user_turn, settings, cancel, fresh=False):
+            ticket = await admission.admit()
+            async for event in self._generate(
+                key, user_turn, settings, claim.cancel, fresh=False, ticket=ticket
+            ):
                 yield event
         finally:
-            self._inflight.pop(key, None)
+            await admission.close()
+            self._release(key, claim)
 
-    def _claim(self, key: str) -> asyncio.Event:
+    def _claim(self, key: str) -> _Claim:
         if key in self._inflight:
             raise ConversationBusy(
                 "I'm still answering your previous message — send /cancel to stop it."
             )
-        cancel = asyncio.Event()
-        self._inflight[key] = cancel
-        return cancel
+        claim = _Claim()
+        self._inflight[key] = claim
+        return claim
+
+    def _release(self, key: str, claim: _Claim) -> None:
+        if self._inflight.get(key) is claim:
+            del self._inflight[key]
 
     async def _resolve_parent(self, key: str, parent_id: int | None) -> tuple[int, Turn | None]:
         if parent_id is None:
@@ -341,6 +406,7 @@ class ChatService:
         *,
         fresh: bool,
         model: str | None = None,
+        ticket: Ticket = NO_TICKET,
     ) -> AsyncIterator[ReplyEvent]:
         profile = await self.store.get_profile(key)
         sampling = await self.sampling_for(key, settings, profile.settings)
@@ -360,6 +426,10 @@ class ChatService:
             encode=engine.encode_messages,
         )
         request = GenerationRequest(key, built.tokens, sampling, tuple(built.messages))
+        if cancel.is_set():
+            if fresh:
+                await self.store.delete_message(user_turn.id)
+            raise InvalidInput(CANCELLED_EARLY)
         try:
             stream = engine.generate(request)
         except EngineBusy:
@@ -367,13 +437,24 @@ class ChatService:
             if fresh:
                 await self.store.delete_message(user_turn.id)
             raise
-        yield Started(user_turn.id, len(built.tokens), built.dropped_turns, stream.queue_position)
+        # From here on, however this generator is left — closed right after Started, while
+        # streaming, or by an error — the engine is told to stop (a no-op once it finished).
+        # The watcher starts before Started is handed out: a consumer that sits on Started
+        # (sending a queue note, say) can still be cancelled — or forgotten — at once.
         watcher = asyncio.create_task(_cancel_when(cancel, stream.cancel))
         try:
+            yield Started(
+                user_turn.id, len(built.tokens), built.dropped_turns, stream.queue_position
+            )
             async for piece in stream:
                 yield Delta(piece)
         finally:
             watcher.cancel()
+            if stream.result is None:
+                stream.cancel()
+                await ticket.finish(0)  # it started: it counts, even when abandoned
+            else:
+                await ticket.finish(stream.result.completion_tokens)
         result = stream.result
         if result is None:  # pragma: no cover - streams always finish with a result
             raise EngineUnavailable("The model stopped without an answer. Please try again.")
@@ -418,10 +499,10 @@ class ChatService:
 
     def cancel(self, key: str) -> bool:
         """Stop the reply in flight for ``key``; True if there was one."""
-        event = self._inflight.get(key)
-        if event is None:
+        claim = self._inflight.get(key)
+        if claim is None:
             return False
-        event.set()
+        claim.cancel.set()
         return True
 
     def busy(self, key: str) -> bool:
@@ -441,19 +522,43 @@ class ChatService:
         profile = await self.store.get_profile(key)
         return profile.persona if profile.persona is not None else self.chat_config.system_prompt
 
-    async def set_persona(self, key: str, persona: str | None) -> None:
-        """Set the key's system prompt; ``None`` or empty restores the default."""
+    async def set_persona(
+        self,
+        key: str,
+        persona: str | None,
+        *,
+        person: str | None = None,
+        exempt: bool = False,
+    ) -> None:
+        """Set the key's system prompt; ``None`` or empty restores the default.
+
+        Counts against ``person``'s ``limits.settings_per_minute`` (see :meth:`reply`).
+        """
         platform_of_key(key)
         if persona is not None:
             persona = (
                 clean_user_text(persona, max_chars=MAX_PERSONA_CHARS) if persona.strip() else None
             )
+        await self._admit_write(key, person, exempt)
         await self.store.set_persona(key, persona)
 
-    async def update_settings(self, key: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    async def update_settings(
+        self,
+        key: str,
+        settings: Mapping[str, Any],
+        *,
+        person: str | None = None,
+        exempt: bool = False,
+    ) -> dict[str, Any]:
+        """Merge generation settings; counts as :meth:`set_persona` does."""
         platform_of_key(key)
         clean = validate_settings(settings, n_ctx=self.engine.info.n_ctx)
+        await self._admit_write(key, person, exempt)
         return await self.store.update_settings(key, clean)
+
+    async def _admit_write(self, key: str, person: str | None, exempt: bool) -> None:
+        if self.limiter is not None:
+            await self.limiter.admit_write(person or person_of_key(key), exempt=exempt)
 
     async def sampling_for(
         self,
@@ -496,24 +601,48 @@ class ChatService:
     async def forget(self, key: str) -> int:
         """Delete everything stored about ``key`` (the bots' ``/forget``); messages deleted.
 
-        The reply in flight is cancelled first, and engines that cache conversation state
-        (KV cache, saved states) are told to drop it through their optional ``forget(key)``.
+        Replies in flight for ``key`` and its sub-conversations (``key#arena-a``) are
+        cancelled first — queued or running, even while their front-end is busy elsewhere —
+        so no queued job runs after the deletion and a cancelled reply stores nothing; then
+        the rows go (messages, conversations, profiles, votes), and engines that cache
+        conversation state (KV cache, saved states) are told to drop it through their
+        optional ``forget(key)``.
         """
         platform_of_key(key)
-        self.cancel(key)
+        keys = [
+            *await self.store.sub_keys(key),
+            *(k for k in self._inflight if k.startswith(key + "#")),
+        ]
+        claims = [c for k in dict.fromkeys(keys) if (c := self._inflight.get(k)) is not None]
+        for claim in claims:
+            claim.cancel.set()
+        if claims:
+            await asyncio.sleep(0)  # their watchers tell the engine now, before the deletion
         removed = await self.store.forget(key)
         engines = list(self.models.loaded().values()) if self.models else [self.engine]
         for engine in engines:
             drop = getattr(engine, "forget", None)
-            if drop is not None:
-                result = drop(key)
+            if drop is None:
+                continue
+            for k in dict.fromkeys(keys):
+                result = drop(k)
                 if asyncio.iscoroutine(result):
                     await result
         return removed
 
-    async def stats(self, key: str) -> dict[str, Any]:
+    async def stats(
+        self, key: str, *, person: str | None = None, exempt: bool = False
+    ) -> dict[str, Any]:
+        """Messages, tokens and replies of ``key``, its model, and — with ``[limits]`` — the
+        person's usage: ``usage`` (a dict of :class:`~core.limits.Usage`) and ``usage_line``
+        (one sentence for a ``/stats`` answer)."""
         platform_of_key(key)
-        return {**await self.store.stats(key), "model": await self.model_of(key)}
+        out: dict[str, Any] = {**await self.store.stats(key), "model": await self.model_of(key)}
+        if self.limiter is not None:
+            usage = await self.limiter.usage(person or person_of_key(key), exempt=exempt)
+            out["usage"] = usage.as_dict()
+            out["usage_line"] = usage.line()
+        return out
 
 
 def platform_of_key(key: str) -> str:
@@ -526,3 +655,26 @@ def platform_of_key(key: str) -> str:
 async def _cancel_when(event: asyncio.Event, action: Any) -> None:
     await event.wait()
     action()
+
+
+class _Admission:
+    """Counts one reply against its person's limits once the conversation is claimed.
+
+    A refusal raises :class:`LimitExceeded` before anything is stored; a reply that never
+    started generating (bad input, engine busy, an error) is refunded.
+    """
+
+    def __init__(self, service: ChatService, key: str, person: str | None, exempt: bool) -> None:
+        self._limiter = service.limiter
+        self._person = person or person_of_key(key)
+        self._exempt = exempt
+        self._ticket: Ticket = NO_TICKET
+
+    async def admit(self) -> Ticket:
+        if self._limiter is not None:
+            self._ticket = await self._limiter.admit_reply(self._person, exempt=self._exempt)
+        return self._ticket
+
+    async def close(self) -> None:
+        """Refund unless :meth:`Ticket.finish` was reached (a no-op after it)."""
+        await self._ticket.refund()

@@ -233,11 +233,13 @@ def test_prune_deletes_only_old_conversations(
             (long_ago,),
         )
         db.execute("UPDATE conversations SET created_at = ? WHERE key = 'cli:old'", (long_ago,))
+        db.execute("UPDATE profiles SET updated_at = ? WHERE key = 'cli:old'", (long_ago,))
     assert cli_main(["prune", "--older-than", "90d", "--db", str(path)]) == 0
-    assert "deleted 1 conversations (2 messages)" in capsys.readouterr().out
+    assert "deleted 1 conversations (2 messages), 1 personas" in capsys.readouterr().out
     assert _rows(path, "SELECT key FROM conversations") == [("cli:new",)]
     assert len(_rows(path, "SELECT * FROM messages")) == 2
-    assert _rows(path, "SELECT persona FROM profiles WHERE key = 'cli:old'") == [("old persona",)]
+    # The persona of a pruned user goes with them (issue 13, item 9).
+    assert _rows(path, "SELECT persona FROM profiles WHERE key = 'cli:old'") == []
     # bad input: a clear error, nothing deleted
     assert cli_main(["prune", "--older-than", "soon", "--db", str(path)]) == 1
     assert "not a duration" in capsys.readouterr().err

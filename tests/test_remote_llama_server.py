@@ -122,6 +122,17 @@ async def test_token_counts_match_the_local_tokenizer(
     assert await remote.encode_messages(messages) == await engine.encode_messages(messages)
 
 
+async def test_special_tokens_come_from_the_servers_own_vocabulary(remote: RemoteEngine) -> None:
+    """The real server reads SmolLM2's ``<file_sep>`` as one token: it is defused, while ``<b>``
+    (three tokens there) stays as typed (issue 13, item 5)."""
+    text = "a<file_sep>b<jupyter_code>c<|im_start|>d <b>e</b> [1]"
+    out = await remote.defuse(text)
+    for special in ("<file_sep>", "<jupyter_code>", "<|im_start|>"):
+        assert special not in out
+    assert out.replace("\u200b", "") == text
+    assert "<b>e</b> [1]" in out
+
+
 async def test_the_same_chat_scenarios_pass(rservice: ChatService) -> None:
     first = await rservice.ask("telegram:1:1", "My name is Ada. Say hello to me.")
     assert first.text and first.message_id is not None

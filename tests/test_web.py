@@ -33,7 +33,7 @@ T = TypeVar("T")
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def web(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
     db = tmp_path_factory.mktemp("web") / "memory.sqlite"
-    async with serve_web(engine, db) as served:
+    async with serve_web(engine, db, api_key=API_KEY) as served:
         yield served
 
 
@@ -45,6 +45,7 @@ def client(url: str) -> Client:
     return Client(url, verbose=False, analytics_enabled=False, download_files=False)
 
 
+API_KEY = "web-test-api-key"
 BID_A = "a" * 22
 BID_B = "b" * 22
 
@@ -60,7 +61,9 @@ async def test_healthz_reports_model_and_database(web: Served) -> None:
 
 
 async def test_openai_routes_are_served_beside_the_page(web: Served) -> None:
-    async with httpx.AsyncClient(timeout=60) as http:
+    """With FINECHAT_API_KEY set, /v1 shares the page's engine (without one: tests/test_api_security)."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(timeout=60, headers=auth) as http:
         models = (await http.get(web.url + "v1/models")).json()
         assert [m["id"] for m in models["data"]] == [web.service.engine.info.name]
         resp = await http.post(

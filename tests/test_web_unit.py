@@ -14,7 +14,7 @@ from core.memory import Tally
 from core.service import Delta, ReplyEvent
 from web.arena import contender_label, leaderboard_rows, merge
 from web.health import database_writable
-from web.identity import identify, valid_browser_id
+from web.identity import LoginRefused, identify, valid_browser_id
 from web.render import assistant_markdown, dropped_note, speed, user_markdown
 from web.server import WebStartError, bind, read_auth_file
 
@@ -48,8 +48,11 @@ def test_browser_ids_are_random_and_forged_ones_are_replaced() -> None:
     assert identify(None, a.browser_id).key == a.key
     for forged in ("", "short", "x" * 65, "../../" + "a" * 22, "a" * 21 + ":", 123, ["a" * 22]):
         assert identify(None, forged).key != "web:anon-" + str(forged)
-    signed = identify("alice\x00\n", a.browser_id)
+    signed = identify("alice", a.browser_id)
     assert signed.key == "web:alice" and signed.signed_in
+    # A login with control characters is refused, never cleaned into "alice" (issue 13, item 7).
+    with pytest.raises(LoginRefused):
+        identify("alice\x00\n", a.browser_id)
 
 
 def test_auth_file_pairs_and_errors_never_echo_passwords(tmp_path: Path) -> None:
@@ -165,7 +168,7 @@ def test_who_prefers_the_hugging_face_login_then_gradio_auth_then_the_browser() 
     profile = gr.OAuthProfile(
         {"name": "Ada", "preferred_username": "ada", "profile": "", "picture": ""}
     )
-    assert who(None, profile, bid).key == "web:ada"
+    assert who(None, profile, bid).key == "web:hf:ada"  # its own namespace (issue 13, item 7)
     request = gr.Request(username="bob")
     assert who(request, None, bid).key == "web:bob"
     assert who(gr.Request(), None, bid).key == "web:anon-" + bid

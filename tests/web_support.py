@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import ChatConfig, GenerationConfig, WebConfig
+from core.config import ChatConfig, GenerationConfig, LimitsConfig, WebConfig
 from core.engine import Engine
 from core.memory import MemoryStore
 from core.service import ChatService
@@ -25,23 +25,35 @@ class Served:
     store: MemoryStore
 
 
-def make_service(engine: Engine, store: MemoryStore) -> ChatService:
+def make_service(
+    engine: Engine, store: MemoryStore, limits: LimitsConfig | None = None
+) -> ChatService:
     return ChatService(
         engine,
         store,
         chat=ChatConfig(system_prompt=SYSTEM_PROMPT, max_input_chars=16000),
         generation=GenerationConfig(temperature=0.0, max_tokens=24, seed=1),
+        limits=limits,
     )
 
 
 @asynccontextmanager
 async def serve_web(
-    engine: Engine, db: Path, web: WebConfig | None = None
+    engine: Engine,
+    db: Path,
+    web: WebConfig | None = None,
+    *,
+    api_key: str = "",
+    limits: LimitsConfig | None = None,
 ) -> AsyncIterator[Served]:
-    """The real WebFrontend on an ephemeral port, stopped the way ``finechat serve`` stops it."""
+    """The real WebFrontend on an ephemeral port, stopped the way ``finechat serve`` stops it.
+
+    ``api_key`` mounts ``/v1`` behind that key (none: not mounted, whatever the environment
+    says); ``limits`` turns on ``[limits]`` for the service.
+    """
     store = await MemoryStore.open(db)
-    service = make_service(engine, store)
-    frontend = WebFrontend(web or WebConfig(port=0), service)
+    service = make_service(engine, store, limits)
+    frontend = WebFrontend(web or WebConfig(port=0), service, api_key=api_key)
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(frontend.run(stop, ready))
     try:

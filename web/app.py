@@ -24,16 +24,22 @@ from core.config import Config, load_config, with_overrides  # noqa: E402
 from core.errors import ConfigError, FinechatError  # noqa: E402
 
 SPACE_DATA = Path("/data")
+SPACE_PROXIES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "fc00::/7", "::1")
 
 
 def space_config(env: Mapping[str, str], data_dir: Path = SPACE_DATA) -> Config:
     """The configuration as usual, plus what a Space expects: all interfaces, its port."""
     config = load_config(env=env)
-    web = {
+    web: dict[str, object] = {
         "enabled": True,
         "host": env.get("GRADIO_SERVER_NAME") or "0.0.0.0",
         "port": env.get("GRADIO_SERVER_PORT") or env.get("PORT") or None,
     }
+    if env.get("SPACE_ID") and not config.web.trusted_proxies:
+        # A Space is reached only through Hugging Face's proxies, from private addresses:
+        # believe their X-Forwarded-For, or every visitor would share one address (and one
+        # [limits] allowance). An explicit web.trusted_proxies wins.
+        web["trusted_proxies"] = list(SPACE_PROXIES)
     database: dict[str, str] = {}
     explicit_db = "FINECHAT_DB" in env or "FINECHAT_DATABASE__PATH" in env
     if not explicit_db and data_dir.is_dir() and os.access(data_dir, os.W_OK):

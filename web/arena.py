@@ -24,7 +24,7 @@ from core.memory import Tally, Vote
 from core.service import ChatService, Delta, Done, ReplyEvent, Started
 from web.chat_ui import max_tokens_limit
 from web.render import ChatMessage, message, speed
-from web.ui_common import user_error, who
+from web.ui_common import People, user_error, who
 
 Side = Literal["a", "b"]
 Winner = Literal["a", "b", "tie", "both_bad"]
@@ -107,6 +107,10 @@ async def merge(
         except Exception as exc:
             await queue.put((side, exc))
             return
+        finally:
+            closer = getattr(events, "aclose", None)  # stops its generation at once
+            if closer is not None:
+                await closer()
         await queue.put((side, None))
 
     tasks = [asyncio.create_task(pump(side, events)) for side, events in streams.items()]
@@ -141,8 +145,9 @@ def _vote_buttons(enabled: bool) -> list[Any]:
 
 
 class ArenaHandlers:
-    def __init__(self, service: ChatService) -> None:
+    def __init__(self, service: ChatService, people: People | None = None) -> None:
         self.service = service
+        self.people = people or People()
 
     async def leaderboard(self) -> list[list[Any]]:
         try:
@@ -177,12 +182,14 @@ class ArenaHandlers:
         except Exception as exc:
             user_error(exc)
         results: dict[Side, SideResult] = {"a": SideResult(), "b": SideResult()}
+        person = self.people.person(request, ident)
         streams = {
             side: self.service.reply(
                 keys[side],
                 prompt or "",
                 settings={**c.settings, "max_tokens": int(max_tokens)},
                 model=c.model,
+                person=person,
             )
             for side, c in contenders.items()
         }
@@ -239,6 +246,8 @@ class ArenaHandlers:
             user_error(_no_round())
         ident = who(request, profile, browser_id)
         try:
+            if self.service.limiter is not None:  # votes are writes, limited like settings
+                await self.service.limiter.admit_write(self.people.person(request, ident))
             await self.service.store.add_vote(
                 Vote(
                     key=ident.key,
@@ -285,9 +294,11 @@ def _no_round() -> Exception:
     return InvalidInput("Send a prompt to both sides first; each round takes one vote.")
 
 
-def build_arena_tab(service: ChatService, browser_state: gr.BrowserState) -> gr.Dataframe:
+def build_arena_tab(
+    service: ChatService, browser_state: gr.BrowserState, people: People | None = None
+) -> gr.Dataframe:
     """Lay out the arena inside the current Blocks context; returns the leaderboard table."""
-    handlers = ArenaHandlers(service)
+    handlers = ArenaHandlers(service, people)
     models = service.available_models()
     limit = max_tokens_limit(service.engine.info.n_ctx)
     single = len(models) == 1

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from core.errors import ConversationBusy, FinechatError
+from core.errors import ConversationBusy
 from core.memory import Turn
 from core.service import ChatService, Delta, Done, ReplyEvent, Started
 from web.render import (
@@ -22,7 +22,7 @@ from web.render import (
     to_chat,
     user_markdown,
 )
-from web.ui_common import user_error, who
+from web.ui_common import People, user_error, who
 
 MAX_TOKENS_CAP = 2048
 BUSY_MESSAGE = "Still answering your previous message: press Stop, or wait for it to finish."
@@ -83,8 +83,9 @@ class ChatControls:
 class ChatHandlers:
     """Event handlers of the chat tab, bound to one :class:`ChatService`."""
 
-    def __init__(self, service: ChatService) -> None:
+    def __init__(self, service: ChatService, people: People | None = None) -> None:
         self.service = service
+        self.people = people or People()
 
     async def _stream(
         self,
@@ -98,10 +99,11 @@ class ChatHandlers:
         except ConversationBusy:
             # The service's wording names the bots' /cancel command; the page has a button.
             user_error(ConversationBusy(BUSY_MESSAGE))
-        except FinechatError as exc:
-            user_error(exc)
         except StopAsyncIteration:  # pragma: no cover - a reply always starts
             return
+        except Exception as exc:  # a FinechatError's own text, else a generic apology
+            await _close(events)
+            user_error(exc)
         answer = ""
         status = ""
         try:
@@ -121,9 +123,7 @@ class ChatHandlers:
         except Exception as exc:
             user_error(exc)
         finally:
-            closer = getattr(events, "aclose", None)  # service streams are async generators
-            if closer is not None:
-                await closer()
+            await _close(events)
 
     async def send(
         self,
@@ -141,7 +141,12 @@ class ChatHandlers:
             shown = to_chat(await self.service.history(ident.key))
         except Exception as exc:
             user_error(exc)
-        events = self.service.reply(ident.key, text or "", settings=settings)
+        events = self.service.reply(
+            ident.key,
+            text or "",
+            settings=settings,
+            person=self.people.person(request, ident),
+        )
         shown = [*shown, message("user", (text or "").strip())]
         async for update in self._stream(events, shown, ident.browser_id):
             yield update
@@ -161,7 +166,9 @@ class ChatHandlers:
             shown = to_chat(_without_last_answer(await self.service.history(ident.key)))
         except Exception as exc:
             user_error(exc)
-        events = self.service.retry(ident.key, settings=settings)
+        events = self.service.retry(
+            ident.key, settings=settings, person=self.people.person(request, ident)
+        )
         async for update in self._stream(events, shown, ident.browser_id):
             yield update
 
@@ -194,7 +201,9 @@ class ChatHandlers:
         """Set the system prompt; an empty box restores the default."""
         ident = who(request, profile, browser_id)
         try:
-            await self.service.set_persona(ident.key, persona or None)
+            await self.service.set_persona(
+                ident.key, persona or None, person=self.people.person(request, ident)
+            )
             current = await self.service.get_persona(ident.key)
         except Exception as exc:
             user_error(exc)
@@ -213,7 +222,9 @@ class ChatHandlers:
         ident = who(request, profile, browser_id)
         try:
             await self.service.update_settings(
-                ident.key, {"temperature": temperature, "max_tokens": int(max_tokens)}
+                ident.key,
+                {"temperature": temperature, "max_tokens": int(max_tokens)},
+                person=self.people.person(request, ident),
             )
         except Exception as exc:
             user_error(exc)
@@ -225,6 +236,9 @@ class ChatHandlers:
         """Page load: the visitor's id (created on first visit), history, persona, settings."""
         ident = who(request, profile, browser_id)
         try:
+            if ident.legacy_key is not None:
+                # Earlier versions kept Hugging Face logins at web:NAME; move them over once.
+                await self.service.store.adopt_key(ident.legacy_key, ident.key)
             turns = await self.service.history(ident.key)
             persona = await self.service.get_persona(ident.key)
             sampling = await self.service.sampling_for(ident.key)
@@ -252,9 +266,11 @@ class ChatHandlers:
         )
 
 
-def build_chat_tab(service: ChatService, browser_state: gr.BrowserState) -> ChatControls:
+def build_chat_tab(
+    service: ChatService, browser_state: gr.BrowserState, people: People | None = None
+) -> ChatControls:
     """Lay out the chat tab inside the current Blocks context and wire its events."""
-    handlers = ChatHandlers(service)
+    handlers = ChatHandlers(service, people)
     limit = max_tokens_limit(service.engine.info.n_ctx)
     defaults = service.defaults
     chatbot = gr.Chatbot(
@@ -365,8 +381,9 @@ def wire_load(
     browser_state: gr.BrowserState,
     controls: ChatControls,
     who_line: gr.Markdown,
+    people: People | None = None,
 ) -> None:
-    handlers = ChatHandlers(service)
+    handlers = ChatHandlers(service, people)
     demo.load(
         handlers.load,
         [browser_state],
@@ -381,3 +398,9 @@ def wire_load(
         api_name="history",
         show_progress="hidden",
     )
+
+
+async def _close(events: AsyncIterator[ReplyEvent]) -> None:
+    closer = getattr(events, "aclose", None)  # service streams are async generators
+    if closer is not None:
+        await closer()

@@ -26,9 +26,14 @@ def register(sub: Any, kit: ParserKit) -> Sequence[Command]:
     p = sub.add_parser("api", help="serve the OpenAI-compatible API (/v1/chat/completions)")
     kit.common(p)
     kit.generation(p)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--slots", type=int, help="conversations decoded together")
+    p.add_argument(
+        "--allow-no-key",
+        action="store_true",
+        help="serve on a non-loopback --host without FINECHAT_API_KEY (anyone can use it)",
+    )
 
     p = sub.add_parser("bench", help="measure the engine against raw llama-cpp-python")
     kit.common(p)
@@ -61,7 +66,7 @@ async def cmd_api(config: Config, args: argparse.Namespace) -> int:
         config = with_overrides(config, model={"slots": args.slots})
     from web.openai_api import serve_api  # FastAPI/uvicorn only for this command
 
-    return await serve_api(config, host=args.host, port=args.port)
+    return await serve_api(config, host=args.host, port=args.port, allow_no_key=args.allow_no_key)
 
 
 async def cmd_bench(config: Config, args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from core.config import Config, WebConfig
+from core.config import ApiConfig, Config, WebConfig
 from core.service import ChatService
 from web.server import WebServer, build_app
 
@@ -12,9 +12,19 @@ class WebFrontend:
 
     name = "web"
 
-    def __init__(self, web: WebConfig, service: ChatService) -> None:
+    def __init__(
+        self,
+        web: WebConfig,
+        service: ChatService,
+        *,
+        api: ApiConfig | None = None,
+        api_key: str | None = None,
+    ) -> None:
         self.web = web
         self.service = service
+        self.api = api
+        self.api_key = api_key
+        """``/v1`` key; None reads ``FINECHAT_API_KEY`` (tests pass one)."""
         self.server: WebServer | None = None
 
     @property
@@ -22,7 +32,7 @@ class WebFrontend:
         return self.server.url if self.server else None
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event) -> None:
-        app = build_app(self.service, self.web)
+        app = build_app(self.service, self.web, api_key=self.api_key, api=self.api)
         self.server = WebServer(app, self.web.host, self.web.port)
         await self.server.run(stop, ready, on_started=_announce)
 
@@ -35,4 +45,4 @@ def create(config: Config, service: ChatService) -> WebFrontend | None:
     """Factory for the ``finechat.frontends`` entry point; None when ``[web] enabled = false``."""
     if not config.web.enabled:
         return None
-    return WebFrontend(config.web, service)
+    return WebFrontend(config.web, service, api=config.api)

@@ -13,6 +13,7 @@ The listening socket is bound here, before uvicorn starts: uvicorn answers a bin
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,12 +23,15 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from core.config import WebConfig
+from core.config import ApiConfig, WebConfig
 from core.errors import FinechatError
 from core.service import ChatService
 from web import health
 from web.arena import build_arena_tab, wire_leaderboard
 from web.chat_ui import build_chat_tab, wire_load
+from web.clients import parse_networks, resolve_client
+from web.identity import login_problem
+from web.ui_common import People
 
 log = logging.getLogger("finechat.web")
 
@@ -56,13 +60,14 @@ class WebStartError(FinechatError):
 
 def oauth_available() -> bool:
     """True on a Hugging Face Space with ``hf_oauth: true`` (the Space sets these variables)."""
-    import os
-
     return bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
 
 
-def build_blocks(service: ChatService, *, oauth: bool = False) -> gr.Blocks:
+def build_blocks(
+    service: ChatService, *, oauth: bool = False, web: WebConfig | None = None
+) -> gr.Blocks:
     """The page: a chat tab and an arena tab sharing one anonymous browser id."""
+    people = People(parse_networks((web or WebConfig()).trusted_proxies))
     with gr.Blocks(title="finechat", analytics_enabled=False, fill_width=False) as demo:
         browser_state = gr.BrowserState(
             None, storage_key=BROWSER_STORAGE_KEY, secret=_BROWSER_SECRET
@@ -74,10 +79,10 @@ def build_blocks(service: ChatService, *, oauth: bool = False) -> gr.Blocks:
         who_line = gr.Markdown("", elem_id="who")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                controls = build_chat_tab(service, browser_state)
+                controls = build_chat_tab(service, browser_state, people)
             with gr.Tab("Arena", id="arena"):
-                table = build_arena_tab(service, browser_state)
-        wire_load(demo, service, browser_state, controls, who_line)
+                table = build_arena_tab(service, browser_state, people)
+        wire_load(demo, service, browser_state, controls, who_line, people)
         wire_leaderboard(demo, service, table)
     demo.queue(default_concurrency_limit=8, max_size=256)
     blocks: gr.Blocks = demo
@@ -103,14 +108,39 @@ def read_auth_file(path: str) -> list[tuple[str, str]]:
         if not sep or not user or not password:
             # Never echo the line: it holds a password.
             raise WebStartError(f"web.auth_file: line {number} is not 'user:password'")
+        problem = login_problem(user)
+        if problem:
+            raise WebStartError(f"web.auth_file: line {number}: {problem}")
         pairs.append((user, password))
     if not pairs:
         raise WebStartError(f"web.auth_file: {path!r} has no 'user:password' lines")
     return pairs
 
 
-def build_app(service: ChatService, web: WebConfig) -> FastAPI:
-    """FastAPI with ``/healthz`` and the Gradio page mounted at ``/``."""
+def build_app(
+    service: ChatService,
+    web: WebConfig,
+    *,
+    api_key: str | None = None,
+    api: ApiConfig | None = None,
+) -> FastAPI:
+    """FastAPI with ``/healthz``, ``/metrics``, ``/v1`` (only with a key) and the Gradio page.
+
+    ``api_key`` defaults to ``FINECHAT_API_KEY``. Without one the ``/v1`` routes are not
+    mounted at all: the page may be behind a login (``auth_file``) or on a public Space, and
+    the API must not be the open side door to the same engine.
+    """
+    from fastapi import Request
+    from fastapi.responses import Response
+
+    from core.logs import register_secret
+    from core.metrics import CONTENT_TYPE, metrics_for
+    from web.openai_api import API_KEY_ENV, create_router, key_matches
+
+    key = (os.environ.get(API_KEY_ENV, "") if api_key is None else api_key).strip()
+    if key:
+        register_secret(key)
+    trusted = parse_networks(web.trusted_proxies)
     app = FastAPI(title="finechat", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz", include_in_schema=False)
@@ -118,33 +148,39 @@ def build_app(service: ChatService, web: WebConfig) -> FastAPI:
         result = await health.check(service)
         return JSONResponse(result.as_json(), status_code=200 if result.ok else 503)
 
-    from fastapi.responses import Response
-
-    from core.metrics import CONTENT_TYPE, metrics_for
-
     metrics = metrics_for(service)
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        """Prometheus text format: turns, errors, queue, TTFT, tokens/s, slots, database size."""
+    async def prometheus_metrics(request: Request) -> Response:
+        """Prometheus text format, for this machine's scraper or a holder of the API key."""
+        peer = request.client.host if request.client else None
+        local = resolve_client(peer, request.headers, trusted).local
+        if not (local or key_matches(request.headers.get("authorization"), key)):
+            return JSONResponse(
+                {"error": "metrics are served to this machine or with the API key"},
+                status_code=403,
+            )
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    # The OpenAI-compatible API shares the engine (and its warm KV cache) with the chat page.
-    import os
-
-    from web.openai_api import API_KEY_ENV, create_router
-
-    app.include_router(
-        create_router(
-            service.engine, defaults=service.defaults, api_key=os.environ.get(API_KEY_ENV, "")
+    if key:
+        # The OpenAI-compatible API shares the engine (and its warm KV cache) with the page.
+        app.include_router(
+            create_router(
+                service.engine,
+                defaults=service.defaults,
+                api_key=key,
+                api=api,
+                chat=service.chat_config,
+                limiter=service.limiter,
+                trusted_proxies=web.trusted_proxies,
+            )
         )
-    )
 
     auth = read_auth_file(web.auth_file) if web.auth_file else None
     oauth = oauth_available() and auth is None
     gr.mount_gradio_app(
         app,
-        build_blocks(service, oauth=oauth),
+        build_blocks(service, oauth=oauth, web=web),
         path="/",
         auth=auth,
         auth_message="Sign in to keep your conversation with your account." if auth else None,
@@ -152,7 +188,7 @@ def build_app(service: ChatService, web: WebConfig) -> FastAPI:
         footer_links=["api"],
         run_history=False,
         ssr_mode=False,
-        show_error=True,
+        show_error=False,  # gr.Error texts (written for people) still show; tracebacks never
         theme=THEME,
         css=CSS,
     )

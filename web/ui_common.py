@@ -7,11 +7,13 @@ runtime and do not use postponed annotations.
 
 import html
 import logging
+from collections.abc import Mapping
 from typing import NoReturn
 
 import gradio as gr
 
 from core.errors import FinechatError
+from web.clients import Network, resolve_client
 from web.identity import Identity, identify
 
 log = logging.getLogger("finechat.web")
@@ -22,13 +24,47 @@ GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment.
 def who(
     request: gr.Request | None, profile: gr.OAuthProfile | None, browser_id: object
 ) -> Identity:
-    """The conversation this request belongs to: the login when there is one, else the browser."""
-    login: str | None = None
-    if profile is not None:
-        login = str(getattr(profile, "username", "") or "") or None
-    if login is None and request is not None:
-        login = getattr(request, "username", None) or None
-    return identify(login, browser_id)
+    """The conversation this request belongs to: the login when there is one, else the browser.
+
+    A Hugging Face login and a password login live in different namespaces (web.identity); a
+    login that cannot own a conversation becomes the toast that says why.
+    """
+    try:
+        if profile is not None:
+            username = str(getattr(profile, "username", "") or "")
+            if username:
+                return identify(username, browser_id, provider="huggingface")
+        login = getattr(request, "username", None) if request is not None else None
+        if isinstance(login, str) and login:
+            return identify(login, browser_id, provider="password")
+        return identify(None, browser_id)
+    except FinechatError as exc:
+        user_error(exc)
+
+
+class People:
+    """Whose ``[limits]`` a web request counts against.
+
+    A signed-in visitor is their login; an anonymous visitor is their client address
+    (``web:addr:IP``: a new browser id costs nothing, an address does), resolved through
+    ``[web] trusted_proxies``.
+    """
+
+    def __init__(self, trusted: tuple[Network, ...] = ()) -> None:
+        self.trusted = trusted
+
+    def person(self, request: gr.Request | None, ident: Identity) -> str:
+        if ident.signed_in:
+            return ident.key
+        peer: str | None = None
+        headers: Mapping[str, str] = {}
+        if request is not None:
+            client = getattr(request, "client", None)
+            peer = getattr(client, "host", None) if client is not None else None
+            raw = getattr(request, "headers", None)
+            if raw is not None:
+                headers = {str(k).lower(): str(v) for k, v in dict(raw).items()}
+        return "web:addr:" + resolve_client(peer, headers, self.trusted).address
 
 
 def user_error(exc: BaseException) -> NoReturn:

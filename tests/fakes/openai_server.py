@@ -36,6 +36,8 @@ class FakeOpenAI:
     chunk_delay: float = 0.0
     repeat_forever: bool = False
     tokenizer: str = "llama-server"  # or "llama-cpp-python" or "none"
+    specials: list[str] = field(default_factory=list)
+    """The vocabulary's special tokens: one token each when special parsing is on."""
     model_id: str = "fake-model"
     requests: list[Recorded] = field(default_factory=list)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -76,15 +78,25 @@ class FakeOpenAI:
         await self._record(request)
         return web.json_response({"object": "list", "data": [{"id": self.model_id}]})
 
-    @staticmethod
-    def _toy_tokens(text: str) -> list[int]:
-        return [len(word) for word in text.split()] or ([0] if text else [])
+    def _toy_tokens(self, text: str, special: bool = True) -> list[int]:
+        """One token per word (its length); markup (``<``, ``>``, ``[``, ``]``) one per
+        character, as real BPE vocabularies split it; each special a single token."""
+        if special:
+            for i, token in enumerate(self.specials):
+                if token in text:
+                    head, _, tail = text.partition(token)
+                    return [*self._toy_tokens(head), 1000 + i, *self._toy_tokens(tail)]
+        tokens: list[int] = []
+        for word in text.split():
+            tokens.extend([1] * len(word) if any(c in word for c in "<>[]") else [len(word)])
+        return tokens or ([0] if text else [])
 
     async def _tokenize_llama_server(self, request: web.Request) -> web.Response:
         body = await self._record(request)
         if self.tokenizer != "llama-server":
             raise web.HTTPNotFound()
-        return web.json_response({"tokens": self._toy_tokens(body["content"])})
+        special = bool(body.get("parse_special", False))
+        return web.json_response({"tokens": self._toy_tokens(body["content"], special)})
 
     async def _tokenize_llama_cpp(self, request: web.Request) -> web.Response:
         body = await self._record(request)
