@@ -177,6 +177,8 @@ def test_train_resume_merge_export_verify_and_serve(tmp_path: Path) -> None:
     assert report["files"]["q4_k_m"]["file_type"] == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
     assert report["files"]["reference"]["file_type"] == 32  # bf16
     assert set(report["perplexity"]) == {"hf", "reference", "q4_k_m"}
+    assert report["tokenizer_parity"]["strings"] == 1000  # recorded (required for GGUF bases)
+    assert report["gate"]["q4_k_m"]["ok"] and report["scored_tokens"] > 0
     assert abs(report["perplexity"]["reference"] / report["perplexity"]["hf"] - 1) < 0.01
     manifest = json.loads((run / "manifest.json").read_text())
     from training.export import sha256

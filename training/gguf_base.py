@@ -148,7 +148,10 @@ def _byte_level_bpe(vocab: GGUFVocab) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     ids = {t: i for i, t in enumerate(vocab.tokens)}
-    merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
+    merges: list[tuple[str, str]] = []
+    for m in vocab.merges:
+        left, _, right = m.partition(" ")
+        merges.append((left, right))
     bpe = models.BPE(
         vocab=ids,
         merges=merges,
