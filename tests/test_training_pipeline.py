@@ -63,6 +63,8 @@ def _spans(labels: list[int]) -> list[tuple[int, int]]:
 def test_only_assistant_tokens_and_end_of_turn_carry_labels(
     tiny_base: Path, tmp_path: Path, rows: list[list[dict[str, str]]]
 ) -> None:
+    from dataclasses import replace
+
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
@@ -70,6 +72,7 @@ def test_only_assistant_tokens_and_end_of_turn_carry_labels(
     from training.backend_hf import load_tokenizer, sft_config
 
     cfg = load_run_config("tiny-cpu")
+    cfg = replace(cfg, model=replace(cfg.model, max_seq_length=2048))  # nothing truncated here
     pair = get_templates("llama-3")
     tok = load_tokenizer(str(tiny_base), pair)
     multi = next(r for r in rows if r[0]["role"] == "system" and len(r) == 5)
@@ -202,7 +205,9 @@ def test_train_resume_merge_export_verify_and_serve(tmp_path: Path) -> None:
     # 5. the core serves it: a chat turn through ChatService, and `finechat ask --model`
     done, history = asyncio.run(_serve_one_turn(q4, tmp_path / "memory.sqlite"))
     assert done.finish_reason in {"stop", "length"} and done.completion_tokens > 0
-    assert [t.role for t in history][-2:] == ["user", "assistant"]
+    # a random tiny model may answer only whitespace, which the service does not store
+    expected = ["user", "assistant"] if done.text else ["user"]
+    assert [t.role for t in history][-len(expected) :] == expected
     proc = _finechat(
         "ask", "Tell me about tea.", "--user", "t", "--model", str(q4), "--db",
         str(tmp_path / "cli.sqlite"), "--temperature", "0", "--max-tokens", "8",

@@ -62,6 +62,7 @@ def sft_config(cfg: RunConfig, out: Path, *, has_eval: bool, cuda: bool, bf16: b
         logging_steps=t.logging_steps,
         eval_strategy="steps" if eval_on else "no",
         eval_steps=t.eval_steps if eval_on else None,
+        eval_on_start=eval_on,  # the base model's validation loss: where the curve starts
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=t.save_steps if t.save_steps > 0 else 500,
         save_total_limit=t.save_total_limit,

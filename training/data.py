@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -267,11 +268,18 @@ def filter_by_tokens(
     special token (a bad row: ``<|im_start|>system`` typed by a chat user would teach the model
     a role switch, since the training tokenizer parses special tokens in the rendered text)."""
     policy = RowPolicy(section, report)
-    specials = [s for s in special_tokens if s]
+    specials = sorted({s for s in special_tokens if s}, key=len, reverse=True)
+    # one pass per message, whatever the number of special tokens (Llama 3 has 256)
+    pattern = re.compile("|".join(map(re.escape, specials))) if specials else None
     out: list[Conversation] = []
     for n, conv in enumerate(conversations):
-        hit = next((s for m in conv for s in specials if s in m["content"]), None)
-        if hit is not None:
+        found = (
+            next((m for msg in conv if (m := pattern.search(msg["content"]))), None)
+            if pattern is not None
+            else None
+        )
+        if found is not None:
+            hit = found.group(0)
             policy.bad(BadRow(f"row {n}: a message contains {hit!r}", "special-token text"), n)
             continue
         if count_tokens(conv) > max_tokens:

@@ -232,6 +232,7 @@ def verify(
     max_ctx: int = 2048,
     greedy_tokens: int = 16,
     tolerance: float = 0.1,
+    max_logit_diff: float = 3.0,
     training_template: str | None = None,
     expected_template: str | None = None,
     max_perplexity_ratio: float = DEFAULT_MAX_PERPLEXITY_RATIO,
@@ -243,7 +244,9 @@ def verify(
     """Compare ``reference`` (the bf16/f16 GGUF) with the HF model, and gate each quantization.
 
     Greedy outputs "match" when every token llama.cpp picked is also the HF model's top token, or
-    within ``tolerance`` logits of it (a near-tie that 16-bit rounding may flip either way).
+    within ``tolerance`` logits of it — or within the largest logit difference measured between
+    the two on the held-out rows, if that is larger (bf16 rounding of a real model's weights
+    moves logits by a few tenths, and a near-tie may flip either way).
     """
     import numpy as np
     import torch
@@ -351,6 +354,9 @@ def verify(
                         scored,
                     )
             if name == "reference" and tokenization_match and finite:
+                # A token llama.cpp picked is fine when the HF model ranks it within the measured
+                # 16-bit logit noise of its own top token: a near-tie may flip either way.
+                tie = max(tolerance, max_diff)
                 for prompt in prompts:
                     p_ids = list(tok(prompt, add_special_tokens=False)["input_ids"])
                     gen = _greedy(llm, p_ids, greedy_tokens, eos_id)
@@ -358,7 +364,7 @@ def verify(
                         ref_row = model(torch.tensor([p_ids + gen])).logits[0]
                     for i, t in enumerate(gen):
                         row_logits = ref_row[len(p_ids) - 1 + i]
-                        if float(row_logits.max() - row_logits[t]) > tolerance:
+                        if float(row_logits.max() - row_logits[t]) > tie:
                             greedy_match = False
                             problems.append(
                                 f"greedy output differs from the HF model at token {i} of a prompt"
@@ -366,6 +372,11 @@ def verify(
                             break
                     if not greedy_match:
                         break
+    if max_diff > max_logit_diff:
+        problems.append(
+            f"reference: logits differ from the HF model's by up to {max_diff:.2f} "
+            f"(more than {max_logit_diff:g}: a conversion problem, not rounding)"
+        )
     problems += [g.problem() for g in gate.values() if not g.ok]
     return VerifyReport(
         files=files,
