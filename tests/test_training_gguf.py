@@ -222,10 +222,11 @@ def test_bundled_gguf_base_to_served_q4_k_m(tmp_path: Path) -> None:
         run / "merged",
         run / "gguf" / "smollm2-ci-BF16.gguf",
         {"q4_k_m": damaged},
-        rows,
+        rows[:4],
         training_template=info["templates"]["training"],
         expected_template=info["templates"]["inference"],
         parity_strings=0,
+        max_positions=256,
     )
     assert not bad.ok and bad.gate["q4_k_m"].ok is False
     (problem,) = [p for p in bad.problems if p.startswith("export gate")]

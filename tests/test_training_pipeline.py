@@ -156,8 +156,14 @@ def test_train_resume_merge_export_verify_and_serve(tmp_path: Path) -> None:
     assert info["config"]["lora"]["r"] == 8 and info["seeds"] == {"data": 0, "training": 0}
     assert {"torch", "transformers", "peft", "trl", "llama_cpp_python"} <= set(info["versions"])
     assert info["git_sha"] != "" and info["metrics"]["steps"] == 8
-    evals = [e["eval_loss"] for e in info["metrics"]["log_history"] if "eval_loss" in e]
-    assert len(evals) == 2 and all(v == v for v in evals)
+    evals = [
+        (e["step"], e["eval_loss"]) for e in info["metrics"]["log_history"] if "eval_loss" in e
+    ]
+    # the base model's validation loss first (where the curve starts), then every 4 steps
+    assert [step for step, _ in evals] == [0, 4, 8] and all(v == v for _, v in evals)
+    assert evals[-1][1] < evals[0][1]  # the tiny model learned the sample's words
+    assert (run / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert (run / "heldout.jsonl").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
     # 2. resume from the newest checkpoint and go on to step 12

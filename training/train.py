@@ -296,7 +296,19 @@ def plot_loss(history: list[dict[str, Any]], path: Path, *, title: str = "") -> 
         log.warning("matplotlib is not installed: no loss.png (pip install matplotlib)")
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(*zip(*steps, strict=True), label="training loss", linewidth=1.2)
+    ax.plot(*zip(*steps, strict=True), label="training loss", linewidth=0.8, alpha=0.5)
+    if len(steps) >= 10:  # small batches make per-step loss noisy: show the trend too
+        k = max(3, len(steps) // 8)
+        smooth = [
+            (
+                steps[i][0],
+                sum(v for _, v in steps[max(0, i - k + 1) : i + 1]) / (i + 1 - max(0, i - k + 1)),
+            )
+            for i in range(len(steps))
+        ]
+        ax.plot(
+            *zip(*smooth, strict=True), label=f"training loss, mean of {k} steps", linewidth=1.6
+        )
     if evals:
         ax.plot(*zip(*evals, strict=True), "o-", label="validation loss")
     ax.set_xlabel("optimizer step")
