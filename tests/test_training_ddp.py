@@ -106,5 +106,5 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     assert len(single) == len(ddp) == STEPS
     assert single[-1] < single[0]  # it learned something, so matching is not trivial
     for a, b in zip(single, ddp, strict=True):
-        assert b == pytest.approx(a, rel=0.02), (single, ddp)
+        assert b == pytest.approx(a, rel=1e-3), (single, ddp)  # measured: identical
     assert (two / "adapter" / "adapter_model.safetensors").is_file()
