@@ -95,6 +95,20 @@ def test_reference_perplexity_is_finite_and_truncation_is_reported(scorer: Score
         scorer.continuation_nll([1] * 1024, [2])
 
 
+def test_the_end_of_turn_token_is_scored_with_the_reply(scorer: Scorer) -> None:
+    """Assistant-only perplexity includes the token that ends the turn: stopping is learned."""
+    im_end = scorer._llama.tokenize(b"<|im_end|>", add_bos=False, special=True)
+    assert scorer.end_of_turn_tokens() == im_end and len(im_end) == 1
+    p = load_prompts(limit=1).prompts[0]
+    prefix = scorer.encode_prompt(p.with_system(SYSTEM))
+    reply = scorer.tokenize(p.reference or "")
+    plain = scorer.continuation_nll(prefix, reply)
+    closed = scorer.continuation_nll(prefix, reply + im_end)
+    assert closed.tokens == plain.tokens + 1 and closed.bytes == plain.bytes
+    # the end-of-turn token costs something, and a finite something (no -inf log-probability)
+    assert 0 < closed.nll - plain.nll < 20.0
+
+
 # -- judge -------------------------------------------------------------------------------------
 
 
@@ -104,6 +118,8 @@ def test_identical_answers_are_a_tie_whatever_the_order_bias(scorer: Scorer) -> 
     item = judge_one(scorer, "p", context, "2 + 2 = 4.", "2 + 2 = 4.", ids)
     for v in (item.forward, item.swapped):
         assert v.a + v.b + v.tie == pytest.approx(1.0)
+        # the raw probability of answering with a letter at all, before renormalizing
+        assert 0.0 < v.mass <= 1.0
     assert item.forward == item.swapped
     assert item.outcome == "tie"
     assert item.soft == pytest.approx(0.5)

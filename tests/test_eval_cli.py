@@ -61,9 +61,13 @@ def test_quick_report_on_the_bundled_model_at_two_temperatures(tmp_path: Path) -
     out = tmp_path / "report"
     db = tmp_path / "arena.sqlite"
     _votes_db(db, "smollm2")
-    r = run("--quick", "--out", str(out), "--db", str(db), "--no-progress")
+    # one model at two temperatures: judging needs an explicit --judge, here the model itself
+    r = run("--quick", "--out", str(out), "--db", str(db), "--no-progress", "--judge", "bundled")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+    assert (
+        "judge: the judge (SmolLM2-135M-Instruct.Q4_1.gguf) is also one of the models" in r.stdout
+    )
     assert f"report: {out / 'report.md'}" in r.stdout
     assert "win rate" in r.stdout and "arena: 3 votes" in r.stdout
 
@@ -116,6 +120,9 @@ def test_quick_report_on_the_bundled_model_at_two_temperatures(tmp_path: Path) -
     assert cold["answers"] != warm["answers"]  # the temperature really was applied
     (pair,) = res["pairwise"]
     assert pair["wins_first"] + pair["wins_second"] + pair["ties"] == 4
+    assert res["judge"]["is_contestant"] is True and "may favour" in res["judge_note"]
+    assert 0 < pair["mean_letter_mass"] <= 1
+    assert all(0 < it[k]["mass"] <= 1 for it in pair["items"] for k in ("forward", "swapped"))
     lo, hi = pair["ci95"]
     assert 0 <= lo <= pair["win_rate_first"] <= hi <= 1
     assert len(pair["items"]) == 4
@@ -170,16 +177,27 @@ def test_quick_report_bundled_against_the_tiny_exported_model(tmp_path: Path) ->
 
     out = tmp_path / "report"
     r = run(
-        "--quick", "--model", "bundled", "--model", str(tiny), "--temperature", "0",
-        "--out", str(out), "--no-progress",
+        "--quick", "--model", str(tiny), "--model", "bundled", "--base", "bundled",
+        "--temperature", "0", "--rounds", "1", "--out", str(out), "--no-progress",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
     assert all(math.isfinite(x) for x in _finite_numbers(res))
-    small, trained = res["variants"]
-    assert trained["model"]["path"] == str(tiny)
-    # The judge defaults to the larger GGUF: the bundled SmolLM2, not the 1 MB tiny model.
-    assert res["judge"]["sha256"] == small["model"]["sha256"]
+    trained, small, control = res["variants"]
+    # entries keep the order of the --model flags; the --base control row comes last
+    assert [v["role"] for v in res["variants"]] == ["model", "model", "control"]
+    assert trained["model"]["path"] == str(tiny) and control["name"].endswith("(base)")
+    assert [(m["path"], m["role"]) for m in res["models"]] == [
+        (str(tiny), "model"),
+        (small["model"]["path"], "model"),
+        (control["model"]["path"], "control"),
+    ]
+    assert res["models"][0]["sha256"] == hashlib.sha256(tiny.read_bytes()).hexdigest()
+    assert [p["sha256"] for p in res["perplexity"]] == [m["sha256"] for m in res["models"][:2]]
+    assert "[control]" in r.stdout and "(base)" in (out / "report.md").read_text()
+    # No default judge: it would have been one of the models compared.
+    assert res["judge"] is None and res["pairwise"] == []
+    assert "never picks a model under test as its own judge" in res["judge_note"]
     assert trained["model"]["size_bytes"] < small["model"]["size_bytes"]
     # A 2-layer random-init model is far faster and far worse than SmolLM2-135M: both
     # measures must see it, per token and per byte (their tokenizers differ).
@@ -189,9 +207,7 @@ def test_quick_report_bundled_against_the_tiny_exported_model(tmp_path: Path) ->
         ppl[trained["model"]["sha256"]]["bits_per_byte"]
         > ppl[small["model"]["sha256"]]["bits_per_byte"]
     )
-    assert trained["perplexity"] > small["perplexity"]
-    (pair,) = res["pairwise"]
-    assert pair["wins_first"] + pair["wins_second"] + pair["ties"] == 4
+    assert trained["perplexity"] > small["perplexity"] == control["perplexity"]
     for png in ("latency_vs_quality.png", "per_prompt_wins.png"):
         assert (out / png).read_bytes().startswith(PNG_MAGIC)
 
@@ -208,7 +224,7 @@ def test_a_conversation_longer_than_the_context_is_reported_not_fatal(tmp_path: 
     out = tmp_path / "o"
     r = run(
         "--quick", "--prompts", str(prompts), "--n-ctx", "256", "--rounds", "1",
-        "--max-tokens", "8", "--out", str(out), "--no-progress",
+        "--max-tokens", "8", "--out", str(out), "--no-progress", "--judge", "bundled",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())

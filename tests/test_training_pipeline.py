@@ -63,6 +63,8 @@ def _spans(labels: list[int]) -> list[tuple[int, int]]:
 def test_only_assistant_tokens_and_end_of_turn_carry_labels(
     tiny_base: Path, tmp_path: Path, rows: list[list[dict[str, str]]]
 ) -> None:
+    from dataclasses import replace
+
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
@@ -70,6 +72,7 @@ def test_only_assistant_tokens_and_end_of_turn_carry_labels(
     from training.backend_hf import load_tokenizer, sft_config
 
     cfg = load_run_config("tiny-cpu")
+    cfg = replace(cfg, model=replace(cfg.model, max_seq_length=2048))  # nothing truncated here
     pair = get_templates("llama-3")
     tok = load_tokenizer(str(tiny_base), pair)
     multi = next(r for r in rows if r[0]["role"] == "system" and len(r) == 5)
@@ -153,8 +156,14 @@ def test_train_resume_merge_export_verify_and_serve(tmp_path: Path) -> None:
     assert info["config"]["lora"]["r"] == 8 and info["seeds"] == {"data": 0, "training": 0}
     assert {"torch", "transformers", "peft", "trl", "llama_cpp_python"} <= set(info["versions"])
     assert info["git_sha"] != "" and info["metrics"]["steps"] == 8
-    evals = [e["eval_loss"] for e in info["metrics"]["log_history"] if "eval_loss" in e]
-    assert len(evals) == 2 and all(v == v for v in evals)
+    evals = [
+        (e["step"], e["eval_loss"]) for e in info["metrics"]["log_history"] if "eval_loss" in e
+    ]
+    # the base model's validation loss first (where the curve starts), then every 4 steps
+    assert [step for step, _ in evals] == [0, 4, 8] and all(v == v for _, v in evals)
+    assert evals[-1][1] < evals[0][1]  # the tiny model learned the sample's words
+    assert (run / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert (run / "heldout.jsonl").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
     # 2. resume from the newest checkpoint and go on to step 12
@@ -177,6 +186,8 @@ def test_train_resume_merge_export_verify_and_serve(tmp_path: Path) -> None:
     assert report["files"]["q4_k_m"]["file_type"] == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
     assert report["files"]["reference"]["file_type"] == 32  # bf16
     assert set(report["perplexity"]) == {"hf", "reference", "q4_k_m"}
+    assert report["tokenizer_parity"]["strings"] == 1000  # recorded (required for GGUF bases)
+    assert report["gate"]["q4_k_m"]["ok"] and report["scored_tokens"] > 0
     assert abs(report["perplexity"]["reference"] / report["perplexity"]["hf"] - 1) < 0.01
     manifest = json.loads((run / "manifest.json").read_text())
     from training.export import sha256
@@ -200,7 +211,9 @@ def test_train_resume_merge_export_verify_and_serve(tmp_path: Path) -> None:
     # 5. the core serves it: a chat turn through ChatService, and `finechat ask --model`
     done, history = asyncio.run(_serve_one_turn(q4, tmp_path / "memory.sqlite"))
     assert done.finish_reason in {"stop", "length"} and done.completion_tokens > 0
-    assert [t.role for t in history][-2:] == ["user", "assistant"]
+    # a random tiny model may answer only whitespace, which the service does not store
+    expected = ["user", "assistant"] if done.text else ["user"]
+    assert [t.role for t in history][-len(expected) :] == expected
     proc = _finechat(
         "ask", "Tell me about tea.", "--user", "t", "--model", str(q4), "--db",
         str(tmp_path / "cli.sqlite"), "--temperature", "0", "--max-tokens", "8",

@@ -18,10 +18,18 @@ log = logging.getLogger("finechat.training")
 
 
 def load_tokenizer(base: str, pair: TemplatePair, revision: str = "") -> Any:
-    """The base tokenizer with the *training* template set and a pad token."""
-    from transformers import AutoTokenizer
+    """The base tokenizer with the *training* template set and a pad token.
 
-    tok = AutoTokenizer.from_pretrained(base, revision=revision or None)
+    A GGUF base gets the tokenizer rebuilt from the GGUF (see :mod:`training.gguf_base`).
+    """
+    if base.endswith(".gguf"):
+        from training.gguf_base import build_tokenizer
+
+        tok = build_tokenizer(Path(base))
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(base, revision=revision or None)
     tok.chat_template = pair.training
     if pair.end_of_turn and pair.end_of_turn in tok.get_vocab():
         tok.eos_token = pair.end_of_turn
@@ -54,6 +62,7 @@ def sft_config(cfg: RunConfig, out: Path, *, has_eval: bool, cuda: bool, bf16: b
         logging_steps=t.logging_steps,
         eval_strategy="steps" if eval_on else "no",
         eval_steps=t.eval_steps if eval_on else None,
+        eval_on_start=eval_on,  # the base model's validation loss: where the curve starts
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=t.save_steps if t.save_steps > 0 else 500,
         save_total_limit=t.save_total_limit,
@@ -66,22 +75,51 @@ def sft_config(cfg: RunConfig, out: Path, *, has_eval: bool, cuda: bool, bf16: b
         **gpu_only,
         dataloader_num_workers=0,
         dataset_num_proc=None,
+        disable_tqdm=False,  # the progress bar, also when stderr is not a terminal
+        # LoRA under DDP: every trainable parameter is used in each step, so the costly search
+        # for unused ones is switched off (the hf back end runs unchanged under accelerate).
+        ddp_find_unused_parameters=False,
     )
 
 
-def train_hf(cfg: RunConfig, data: Split, pair: TemplatePair, out: Path, resume: str | bool) -> Any:
+def load_base_model(base: str, dtype: Any, **kwargs: Any) -> Any:
+    """A hub id / local HF folder through ``from_pretrained``; a ``.gguf`` dequantized."""
+    if base.endswith(".gguf"):
+        from training.gguf_base import load_model
+
+        return load_model(Path(base), dtype)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **kwargs)
+
+
+def train_hf(
+    cfg: RunConfig,
+    data: Split,
+    pair: TemplatePair,
+    out: Path,
+    resume: str | bool,
+    *,
+    tokenizer: Any = None,
+) -> Any:
     """Train a LoRA adapter; returns the finished trainer (its state holds the log history)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    tok = load_tokenizer(cfg.model.base, pair, cfg.model.revision)
-    model_kwargs: dict[str, Any] = {"revision": cfg.model.revision or None}
-    if cfg.model.load_in_4bit and cuda:
+    tok = (
+        tokenizer
+        if tokenizer is not None
+        else load_tokenizer(cfg.model.base, pair, cfg.model.revision)
+    )
+    gguf = cfg.model.base.endswith(".gguf")
+    model_kwargs: dict[str, Any] = {} if gguf else {"revision": cfg.model.revision or None}
+    if cfg.model.load_in_4bit and cuda and gguf:
+        log.warning("a GGUF base is dequantized to 16 bits on the GPU (no 4-bit reload of it)")
+    elif cfg.model.load_in_4bit and cuda:
         from transformers import BitsAndBytesConfig
 
         model_kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -92,9 +130,9 @@ def train_hf(cfg: RunConfig, data: Split, pair: TemplatePair, out: Path, resume:
         )
     elif cfg.model.load_in_4bit:
         log.warning("load_in_4bit needs CUDA + bitsandbytes; training LoRA on 32-bit weights")
-    model_kwargs["dtype"] = (torch.bfloat16 if bf16 else torch.float16) if cuda else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.base, **model_kwargs)
-    if cfg.model.load_in_4bit and cuda:
+    dtype = (torch.bfloat16 if bf16 else torch.float16) if cuda else torch.float32
+    model = load_base_model(cfg.model.base, dtype, **model_kwargs)
+    if "quantization_config" in model_kwargs:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model)

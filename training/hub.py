@@ -54,7 +54,12 @@ def model_card(run_dir: Path, repo: str = "") -> str:
         f"| final validation loss | {_fmt(metrics.get('eval_loss'))} |",
     ]
     for name, value in (manifest.get("perplexity") or {}).items():
-        lines.append(f"| held-out perplexity ({name}) | {_fmt(value)} |")
+        lines.append(f"| held-out perplexity, assistant tokens ({name}) | {_fmt(value)} |")
+    for name, g in (manifest.get("gate") or {}).items():
+        lines.append(
+            f"| {name} vs unquantized: perplexity ratio / mean KL | "
+            f"{_fmt(g.get('perplexity_ratio'))} / {_fmt(g.get('mean_kl'))} |"
+        )
     if files:
         lines += ["", "## Files", "", "| file | type | bytes | sha256 |", "|---|---|---|---|"]
         lines += [f"| {f['file']} | {f['quant']} | {f['size']} | `{f['sha256']}` |" for f in files]

@@ -40,16 +40,17 @@ def merge(
     """Write the merged model to ``out`` and return it."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from training.backend_hf import load_base_model
 
     if not (adapter / "adapter_config.json").is_file():
         raise TrainingError(f"no LoRA adapter in {adapter} (run finechat train first)")
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         dtype
     ]
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        base, dtype=torch_dtype, revision=revision or None, low_cpu_mem_usage=True
-    )
+    extra: dict[str, Any] = {} if base.endswith(".gguf") else {"revision": revision or None}
+    model: Any = load_base_model(base, torch_dtype, **extra)
     n_params = sum(p.numel() for p in model.parameters())
     # weights + a margin for tokenizer files and the safetensors index
     ensure_free_space(
@@ -77,7 +78,7 @@ def _copy_spm_model(base: str, out: Path, revision: str) -> None:
     if local.is_file():
         shutil.copyfile(local, out / "tokenizer.model")
         return
-    if Path(base).exists():
+    if Path(base).exists() or base.endswith(".gguf"):
         return
     try:
         from huggingface_hub import hf_hub_download

@@ -13,7 +13,7 @@ preamble of Meta's template: it costs tokens on every sample and bakes a date in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from training.errors import TrainConfigError
@@ -75,6 +75,46 @@ BUILTIN: dict[str, TemplatePair] = {
     ),
 }
 BUILTIN["llama-3.1"] = BUILTIN["llama-3.2"] = BUILTIN["llama-3"]
+
+# Templates that GGUF files carry, each with a training twin that renders byte-identical text
+# but marks the assistant replies (and their end-of-turn token) for the loss. A GGUF base with
+# ``chat_template = "gguf"`` trains on its own template and the export ships that same text.
+_SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+SMOLLM2_INFERENCE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\n" + _SMOLLM2_SYSTEM + "<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SMOLLM2_TRAINING = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\n" + _SMOLLM2_SYSTEM + "<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{ message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+GGUF_TWINS: dict[str, TemplatePair] = {
+    SMOLLM2_INFERENCE: TemplatePair(
+        "smollm2", SMOLLM2_INFERENCE, SMOLLM2_TRAINING, "<|im_end|>", ("<|im_start|>", "<|im_end|>")
+    ),
+}
+
+
+def for_gguf_template(source: str) -> TemplatePair:
+    """The training twin of a GGUF's own chat template (``chat_template = "gguf"``)."""
+    pair = GGUF_TWINS.get(source.strip())
+    if pair is None:
+        known = ", ".join(p.name for p in GGUF_TWINS.values())
+        raise TrainConfigError(
+            "model.chat_template: 'gguf' needs a template finechat can mark for the "
+            f"assistant-only loss (known: {known}); the base GGUF's is not one of them. Use "
+            "chatml or llama-3, or a .jinja file with {% generation %} markers"
+            if source.strip()
+            else "model.chat_template: 'gguf', but the base GGUF carries no chat template"
+        )
+    return replace(pair, inference=source)
 
 
 def get_templates(spec: str) -> TemplatePair:

@@ -80,7 +80,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--prompts", help="jsonl of conversations (default: the shipped held-out set)")
     p.add_argument("--limit", type=int, help="use only the first N prompts")
     p.add_argument("--rounds", type=int, help=f"latency repetitions (default {DEFAULT_ROUNDS})")
-    p.add_argument("--judge", help="judge GGUF (default: the largest model under test)")
+    p.add_argument(
+        "--base",
+        dest="eval_base",
+        metavar="PATH",
+        help="the un-tuned model, added as a control row (GGUF path, owner/repo:file.gguf or "
+        "'bundled')",
+    )
+    p.add_argument(
+        "--judge",
+        help="judge GGUF for the pairwise preference (no default: a model under test would "
+        "judge itself)",
+    )
     p.add_argument("--no-judge", action="store_true", help="skip the pairwise judge")
     p.add_argument("--out", help="report folder (default eval-report)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -121,6 +132,9 @@ def build_plan(config: Config, args: argparse.Namespace) -> Any:
     if len(model_args) * len(temps) < 1:
         raise EvalConfigError("nothing to compare")
     files = [resolve_model_file("" if m == "bundled" else m) for m in model_args]
+    base_file = None
+    if getattr(args, "eval_base", None):
+        base_file = resolve_model_file("" if args.eval_base == "bundled" else args.eval_base)
     seed = args.eval_seed if args.eval_seed is not None else DEFAULT_SEED
     max_tokens = _positive(
         "--max-tokens", args.eval_max_tokens, QUICK_MAX_TOKENS if quick else DEFAULT_MAX_TOKENS
@@ -130,9 +144,14 @@ def build_plan(config: Config, args: argparse.Namespace) -> Any:
         raise EvalConfigError(f"--top-p must be in (0, 1] (got {top_p:g})")
     variants = []
     used: set[str] = set()
-    for f in files:
+    entries = [(f, "model") for f in files]
+    if base_file is not None:
+        entries.append((base_file, "control"))
+    for f, role in entries:
         for t in temps:
             stem = f.label.removesuffix(".gguf")
+            if role == "control":
+                stem = f"{stem} (base)"
             name = stem if len(temps) == 1 else f"{stem} T={t:g}"
             base, k = name, 2
             while name in used:
@@ -146,16 +165,27 @@ def build_plan(config: Config, args: argparse.Namespace) -> Any:
                 max_tokens=max_tokens,
                 seed=seed,
             )
-            variants.append(Variant(name, f, sampling))
+            variants.append(Variant(name, f, sampling, role))
     limit = _positive("--limit", args.limit, QUICK_PROMPTS) if (quick or args.limit) else None
     prompts = load_prompts(args.prompts, limit=limit)
     judge = None
-    if not args.no_judge and len(variants) >= 2:
-        judge = (
-            resolve_model_file(args.judge)
-            if args.judge
-            else max(files, key=lambda f: (f.size_bytes, f.label))
+    judge_note = ""
+    if len(variants) < 2:
+        judge_note = "only one variant"
+    elif args.no_judge:
+        judge_note = "the judge was switched off (--no-judge)"
+    elif not args.judge:
+        judge_note = (
+            "no --judge given: finechat never picks a model under test as its own judge "
+            "(it would favour itself); pass --judge MODEL.gguf, a model not being compared"
         )
+    else:
+        judge = resolve_model_file("" if args.judge == "bundled" else args.judge)
+        if any(v.model.sha256 == judge.sha256 for v in variants):
+            judge_note = (
+                f"the judge ({judge.label}) is also one of the models compared: its verdicts "
+                "may favour its own answers"
+            )
     n_ctx = (
         args.eval_n_ctx
         if args.eval_n_ctx is not None
@@ -178,6 +208,7 @@ def build_plan(config: Config, args: argparse.Namespace) -> Any:
         n_batch=config.model.n_batch,
         rounds=_positive("--rounds", args.rounds, QUICK_ROUNDS if quick else DEFAULT_ROUNDS),
         judge=judge,
+        judge_note=judge_note,
         votes_db=args.db or config.database.path,
         seed=seed,
         quick=quick,
@@ -196,8 +227,10 @@ def _canonical_command(
 ) -> str:
     """The command that reruns exactly this evaluation (every default spelled out)."""
     parts = ["finechat", "eval"]
-    for path in dict.fromkeys(str(v.model.path) for v in variants):
+    for path in dict.fromkeys(str(v.model.path) for v in variants if v.role == "model"):
         parts += ["--model", path]
+    for path in dict.fromkeys(str(v.model.path) for v in variants if v.role == "control"):
+        parts += ["--base", path]
     for t in dict.fromkeys(v.sampling.temperature for v in variants):
         parts += ["--temperature", f"{t:g}"]
     first = variants[0].sampling

@@ -38,11 +38,18 @@ MAX_ANSWER_CHARS = 1500
 
 @dataclass(frozen=True)
 class Verdict:
-    """Probabilities of A, B and C (tie), renormalized over the three letters."""
+    """Probabilities of A, B and C (tie), renormalized over the three letters.
+
+    ``mass`` is the raw probability the judge gave the three letters together, before that
+    renormalization: a judge that answers letters puts most of its mass there, one that would
+    rather say "Sure! Answer A…" or something else entirely puts little, and its verdict is
+    then a renormalized whisper — recorded, so a reader can discount it.
+    """
 
     a: float
     b: float
     tie: float
+    mass: float = 1.0
 
     @property
     def label(self) -> str:
@@ -106,6 +113,12 @@ class PairResult:
         return sum(i.soft for i in self.items) / n if n else math.nan
 
     @property
+    def mean_letter_mass(self) -> float:
+        """The judge's raw probability of answering with a letter at all, averaged."""
+        masses = [v.mass for i in self.items for v in (i.forward, i.swapped)]
+        return sum(masses) / len(masses) if masses else math.nan
+
+    @property
     def consistency(self) -> float:
         n = len(self.items)
         return sum(1 for i in self.items if i.consistent) / n if n else math.nan
@@ -153,8 +166,8 @@ def verdict(scorer: Scorer, messages: Sequence[Message], ids: dict[str, list[int
     mass = [float(np.exp(logp[ids[label]]).sum()) for label in LABELS]
     total = sum(mass)
     if total <= 0 or not math.isfinite(total):
-        return Verdict(1 / 3, 1 / 3, 1 / 3)
-    return Verdict(mass[0] / total, mass[1] / total, mass[2] / total)
+        return Verdict(1 / 3, 1 / 3, 1 / 3, 0.0)
+    return Verdict(mass[0] / total, mass[1] / total, mass[2] / total, total)
 
 
 def _fitting_messages(

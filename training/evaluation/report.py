@@ -107,12 +107,20 @@ def to_json(res: EvalResult, env: dict[str, Any]) -> dict[str, Any]:
                 for p in plan.prompts.prompts
             ],
         },
+        "models": _models_json(plan),
         "judge": None
         if plan.judge is None
-        else {"label": plan.judge.label, "path": str(plan.judge.path), "sha256": plan.judge.sha256},
+        else {
+            "label": plan.judge.label,
+            "path": str(plan.judge.path),
+            "sha256": plan.judge.sha256,
+            "is_contestant": any(v.model.sha256 == plan.judge.sha256 for v in plan.variants),
+        },
+        "judge_note": plan.judge_note,
         "variants": [
             {
                 "name": vr.variant.name,
+                "role": vr.variant.role,
                 "model": {
                     "label": vr.variant.model.label,
                     "path": str(vr.variant.model.path),
@@ -153,7 +161,9 @@ def to_json(res: EvalResult, env: dict[str, Any]) -> dict[str, Any]:
         "perplexity": [
             {
                 "model": pr.model.label,
+                "path": str(pr.model.path),
                 "sha256": pr.model.sha256,
+                "role": _role_of(plan, pr.model.sha256),
                 "perplexity": _finite(pr.perplexity),
                 "bits_per_byte": _finite(pr.bits_per_byte),
                 "tokens": pr.tokens,
@@ -183,6 +193,7 @@ def to_json(res: EvalResult, env: dict[str, Any]) -> dict[str, Any]:
                 "win_rate_first": _finite(pair.win_rate),
                 "ci95": [_finite(x) for x in pair.interval],
                 "position_consistency": _finite(pair.consistency),
+                "mean_letter_mass": _finite(pair.mean_letter_mass),
                 "mean_soft_first": _finite(pair.mean_soft),
                 "items": [
                     {
@@ -215,6 +226,27 @@ def to_json(res: EvalResult, env: dict[str, Any]) -> dict[str, Any]:
             ],
         },
     }
+
+
+def _role_of(plan: Any, sha256: str) -> str:
+    roles = {v.role for v in plan.variants if v.model.sha256 == sha256}
+    return "model" if "model" in roles else "control"
+
+
+def _models_json(plan: Any) -> list[dict[str, Any]]:
+    """Each GGUF once, in the order of the ``--model`` flags (the ``--base`` control last)."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for v in plan.variants:
+        key = (str(v.model.path), v.role)
+        if key not in seen:
+            seen[key] = {
+                "label": v.model.label,
+                "path": str(v.model.path),
+                "sha256": v.model.sha256,
+                "size_bytes": v.model.size_bytes,
+                "role": v.role,
+            }
+    return list(seen.values())
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -420,6 +452,7 @@ def pairwise_table(res: EvalResult) -> list[str]:
                 f"{_fmt(lo, 3)}–{_fmt(hi, 3)}",
                 _fmt(p.mean_soft, 3),
                 _fmt(p.consistency, 2),
+                _fmt(p.mean_letter_mass, 3),
             ]
         )
     header = [
@@ -432,6 +465,7 @@ def pairwise_table(res: EvalResult) -> list[str]:
         "95% CI",
         "1st judge prob.",
         "order-consistent",
+        "letter mass",
     ]
     return _table(header, rows)
 
@@ -478,11 +512,12 @@ def markdown(res: EvalResult, env: dict[str, Any], plots: list[str]) -> str:
         "## Models",
         "",
         *_table(
-            ["variant", "GGUF", "sha256", "temperature", "top_p", "max_tokens", "seed"],
+            ["variant", "GGUF", "role", "sha256", "temperature", "top_p", "max_tokens", "seed"],
             [
                 [
                     v.name,
                     v.model.label,
+                    "control (un-tuned base)" if v.role == "control" else "model",
                     v.model.sha256[:16],
                     f"{v.sampling.temperature:g}",
                     f"{v.sampling.top_p:g}",
@@ -514,8 +549,9 @@ def markdown(res: EvalResult, env: dict[str, Any], plots: list[str]) -> str:
         "",
         "### Held-out perplexity",
         "",
-        "Perplexity of the reference answers (answer tokens only, given the conversation rendered",
-        "with the model's own chat template). Variants that share a GGUF share this number.",
+        "Perplexity of the reference answers (the answer's tokens and the end-of-turn token that",
+        "closes it, given the conversation rendered with the model's own chat template: only",
+        "what the assistant says is scored). Variants that share a GGUF share this number.",
         "Per-token perplexity is only comparable between models with the same tokenizer; bits",
         "per UTF-8 byte of the answers is comparable across tokenizers. The sanity column",
         "scores each model's own greedy continuation against the same tokens shuffled.",
@@ -532,12 +568,17 @@ def markdown(res: EvalResult, env: dict[str, Any], plots: list[str]) -> str:
             "counts ties as half; the interval is Wilson's 95 % score interval. "
             "'1st judge prob.' is the first model's expected score from the judge's letter",
             "probabilities, averaged over both orders and all prompts (0.5 = no lean);",
-            "'order-consistent' is the share of prompts where both orders gave the same verdict.",
+            "'order-consistent' is the share of prompts where both orders gave the same verdict;",
+            "'letter mass' is the judge's raw probability of answering with A, B or C at all",
+            "(before the three are renormalized): near 0 means the verdicts are noise.",
             "",
+            *([f"_Note: {plan.judge_note}._", ""] if plan.judge_note else []),
             *pairwise_table(res),
         ]
     else:
-        reason = "only one variant" if len(plan.variants) < 2 else "the judge was switched off"
+        reason = plan.judge_note or (
+            "only one variant" if len(plan.variants) < 2 else "the judge was switched off"
+        )
         lines.append(f"_Not run: {reason}._")
     lines += ["", "### Arena votes", "", *votes_table(res), "", "## Plots", ""]
     lines += [f"![{p}]({p})" for p in plots]
@@ -567,8 +608,9 @@ def console_summary(res: EvalResult, out: Path) -> str:
     for vr in res.variants:
         lat = vr.latency()
         ppl = res.perplexity_of(vr.variant).perplexity
+        control = " [control]" if vr.variant.role == "control" else ""
         lines.append(
-            f"{vr.variant.name}: decode {_fmt(lat['decode_tps'].median, 1)} tok/s, "
+            f"{vr.variant.name}{control}: decode {_fmt(lat['decode_tps'].median, 1)} tok/s, "
             f"TTFT {_fmt(lat['ttft_s'].median * 1000, 0)} ms, "
             f"peak RSS {_fmt(lat['peak_rss_mib'].median, 0)} MiB, perplexity {_fmt(ppl, 2)}"
         )
@@ -576,8 +618,11 @@ def console_summary(res: EvalResult, out: Path) -> str:
         lo, hi = p.interval
         lines.append(
             f"{_pair_note(p)}: {p.wins_first}-{p.wins_second}-{p.ties} (W-L-T), "
-            f"win rate {_fmt(p.win_rate, 2)} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]"
+            f"win rate {_fmt(p.win_rate, 2)} [{_fmt(lo, 2)}, {_fmt(hi, 2)}], "
+            f"judge letter mass {_fmt(p.mean_letter_mass, 2)}"
         )
+    if res.plan.judge_note and len(res.plan.variants) >= 2:
+        lines.append(f"judge: {res.plan.judge_note}")
     lines.append(f"arena: {res.votes.status}")
     lines.append(f"report: {out / 'report.md'}")
     return "\n".join(lines)

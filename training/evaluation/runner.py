@@ -46,6 +46,7 @@ class Variant:
     name: str
     model: ModelFile
     sampling: SamplingParams
+    role: str = "model"  # "model" (a --model) or "control" (the --base, un-tuned)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class EvalPlan:
     command: str = ""
     sanity_prompts: int = 3
     sanity_tokens: int = 32
+    judge_note: str = ""  # why there is no judge, or what to keep in mind about it
 
     @property
     def total_steps(self) -> int:
@@ -217,7 +219,9 @@ def _perplexity(plan: EvalPlan, model: ModelFile, progress: Progress) -> Perplex
             elif len(prefix) >= scorer.n_ctx:
                 out.skipped.append(p.id)  # the conversation alone fills the context
             else:
-                out.scores[p.id] = scorer.continuation_nll(prefix, scorer.tokenize(p.reference))
+                # the reply and the token that ends the turn: stopping is part of answering
+                reply = scorer.tokenize(p.reference) + scorer.end_of_turn_tokens()
+                out.scores[p.id] = scorer.continuation_nll(prefix, reply)
             progress("perplexity", 1)
         rng = random.Random(plan.seed)
         for p in plan.prompts.prompts[: plan.sanity_prompts]:

@@ -100,6 +100,7 @@ class Scorer:
         self._n_batch = n_batch
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._closed = False
+        self._end_of_turn: list[int] | None = None
 
     @classmethod
     def load(cls, path: Path, *, n_ctx: int, n_threads: int, n_batch: int = 256) -> Scorer:
@@ -142,6 +143,43 @@ class Scorer:
         if not text:
             return []
         return list(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def end_of_turn_tokens(self) -> list[int]:
+        """The token that ends an assistant turn in this model's template (``<|im_end|>``…).
+
+        Read off the template itself: the first token it writes after an assistant reply, when
+        llama.cpp counts it as end-of-generation; else the vocabulary's EOT, else its EOS.
+        Scoring it with the reply measures whether the model knows when to stop.
+        """
+        if self._end_of_turn is None:
+            self._end_of_turn = self._find_end_of_turn()
+        return list(self._end_of_turn)
+
+    def _find_end_of_turn(self) -> list[int]:
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
+        try:
+            segments = self.format.template.render(
+                [Message("user", "Hi."), Message("assistant", "Hello.")],
+                add_generation_prompt=False,
+            )
+        except ValueError:
+            segments = []
+        last_body = max((i for i, s in enumerate(segments) if not s.trusted), default=None)
+        if last_body is not None:
+            after = "".join(s.text for s in segments[last_body + 1 :])
+            toks = (
+                list(self._llama.tokenize(after.encode("utf-8"), add_bos=False, special=True))
+                if after
+                else []
+            )
+            if toks and llama_cpp.llama_vocab_is_eog(vocab, toks[0]):
+                return [int(toks[0])]
+        for tok in (int(llama_cpp.llama_vocab_eot(vocab)), int(self._llama.token_eos())):
+            if tok >= 0:
+                return [tok]
+        return []
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return bytes(self._llama.detokenize(list(tokens), special=False)).decode("utf-8", "replace")
