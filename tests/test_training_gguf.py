@@ -133,7 +133,7 @@ def damage_quantization(path: Path, *, every: int = 6) -> int:
 
 async def _serve_one_turn(gguf: Path, db: Path) -> Any:
     from core.config import ChatConfig, GenerationConfig
-    from core.engine import LlamaEngine
+    from core.llama_engine import LlamaEngine
     from core.memory import MemoryStore
     from core.service import ChatService
 
