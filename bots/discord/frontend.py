@@ -21,6 +21,9 @@ from core.service import ChatService
 
 log = logging.getLogger("finechat.discord")
 
+TYPING_REFRESH_S = 8.0
+"""Discord shows "typing…" for about 10 s per request."""
+
 
 class DiscordStartError(FinechatError):
     """The bot could not connect; the message says what to fix and never holds the token."""
@@ -35,31 +38,38 @@ class DiscordFrontend:
     """How long discord.py waits for GUILD_CREATEs after READY (lower in tests)."""
     client: Any = None
     """The running ``FinechatClient`` (for tests and diagnostics), None when stopped."""
+    layer: Any = None
+    """The :class:`~bots.chat.layer.ChatLayer` of the last run (observers, tests)."""
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event) -> None:
         import discord
 
-        from bots.discord_access import AccessPolicy
-        from bots.discord_bot import DiscordChat, FinechatClient
-        from bots.discord_commands import install_commands
-        from bots.discord_routing import apply_routing, resolve_routing
-        from bots.discord_stream import EditPacer
+        from bots.chat.layer import ChatLayer
+        from bots.chat.pacer import Pacers
+        from bots.chat.runner import TurnSettings
+        from bots.discord.client import DiscordChat, FinechatClient
+        from bots.discord.commands import NAMES, install_commands
+        from bots.discord.routing import apply_routing, resolve_routing
+        from bots.discord.rules import AccessPolicy
 
         cfg = self.config
         token = cfg.token.reveal()
         apply_routing(resolve_routing(cfg.api_base_url, cfg.gateway_url))
-        chat = DiscordChat(
+        layer = ChatLayer(
             self.service,
-            AccessPolicy.from_config(cfg),
-            EditPacer(cfg.edit_interval),
-            auto_thread=cfg.auto_thread,
+            Pacers(cfg.edit_interval, cfg.edit_interval),
+            settings=TurnSettings(cfg.reply_timeout, TYPING_REFRESH_S),
+            commands=NAMES,
         )
+        policy = AccessPolicy.from_config(cfg)
+        chat = DiscordChat(layer, policy, auto_thread=cfg.auto_thread)
         client = FinechatClient(
             chat,
-            install_commands=lambda tree: install_commands(tree, chat),
+            install_commands=lambda tree: install_commands(tree, layer, policy),
             guild_ids=cfg.guild_ids,
             guild_ready_timeout=self.guild_ready_timeout,
         )
+        self.layer = layer
         self.client = client
         try:
             async with client:
@@ -105,6 +115,8 @@ class DiscordFrontend:
         finally:
             for task in (up, halt):
                 task.cancel()
+            if self.layer is not None:  # answers in flight end with the restarting note
+                await self.layer.shutdown()
             await client.close()
             if not connection.done():
                 connection.cancel()

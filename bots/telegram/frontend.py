@@ -1,4 +1,4 @@
-"""Registers the Telegram bot with ``finechat serve`` (entry point ``telegram``).
+"""The Telegram front-end for ``finechat serve`` (entry point ``telegram``).
 
 This module imports no Telegram library: :func:`create` returns ``None`` when the bot is not
 configured, so a machine without python-telegram-bot (or without a token) serves the other
@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from bots import telegram_redact
+from bots.telegram import redact
 from core.config import Config, TelegramConfig
 from core.errors import ConfigError, FinechatError
 from core.frontends import FrontendUnavailable
@@ -44,15 +44,15 @@ class TelegramFrontend:
     service: ChatService
     name: str = "telegram"
     bot: Any = None
-    """The running :class:`bots.telegram_bot.TelegramBot` (for metrics), once started."""
+    """The running :class:`bots.telegram.bot.TelegramBot` (for metrics and tests), once started."""
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event) -> None:
         token = self.config.token.reveal()
-        telegram_redact.register(token)
+        redact.register(token)
         try:
             from telegram.error import InvalidToken, TelegramError
 
-            from bots.telegram_bot import TelegramBot
+            from bots.telegram.bot import TelegramBot
 
             self.bot = TelegramBot(self.config, self.service)
             try:
@@ -64,14 +64,14 @@ class TelegramFrontend:
             except TelegramError as exc:
                 if ready.is_set():
                     raise TelegramStartError(
-                        f"telegram: stopped: {telegram_redact.scrub(str(exc))}"
+                        f"telegram: stopped: {redact.scrub(str(exc))}"
                     ) from None
                 raise TelegramStartError(
                     f"telegram: cannot reach the Bot API at {self.config.base_url}: "
-                    f"{telegram_redact.scrub(str(exc))}"
+                    f"{redact.scrub(str(exc))}"
                 ) from None
         finally:
-            telegram_redact.unregister(token)
+            redact.unregister(token)
 
 
 def create(config: Config, service: ChatService) -> TelegramFrontend | None:
