@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from core.cli import user_key
+from core.keys import user_key
 from core.memory import _MIGRATIONS, SCHEMA_VERSION, MemoryStore, platform_of
 from core.service import ChatService
 from tests.harness.engine import ScriptedEngine
