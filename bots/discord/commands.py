@@ -14,10 +14,9 @@ import discord
 from discord import app_commands
 
 from bots.chat.incoming import CommandCall
-from bots.chat.layer import ChatLayer
 from bots.chat.texts import COMMANDS
 from bots.discord import rules
-from bots.discord.client import where_of
+from bots.discord.client import DiscordChat, where_of
 from bots.discord.outbox import InteractionPlace
 from bots.discord.rules import AccessPolicy
 
@@ -46,13 +45,13 @@ def call_of(
     )
 
 
-def install_commands(
-    tree: app_commands.CommandTree[Any], layer: ChatLayer, policy: AccessPolicy
-) -> None:
-    """Add the commands to ``tree``."""
+def install_commands(tree: app_commands.CommandTree[Any], chat: DiscordChat) -> None:
+    """Add the commands to ``tree``; each reads ``chat.policy`` when used (so a reloaded
+    access list applies to commands and messages alike)."""
+    layer = chat.layer
 
     async def run(interaction: discord.Interaction[Any], name: str, argument: str = "") -> None:
-        call = call_of(interaction, name, argument, policy)
+        call = call_of(interaction, name, argument, chat.policy)
         place = InteractionPlace(interaction, call.scope, group=interaction.guild_id is not None)
         await layer.command(call, place)
 

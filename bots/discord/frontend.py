@@ -61,11 +61,10 @@ class DiscordFrontend:
             settings=TurnSettings(cfg.reply_timeout, TYPING_REFRESH_S),
             commands=NAMES,
         )
-        policy = AccessPolicy.from_config(cfg)
-        chat = DiscordChat(layer, policy, auto_thread=cfg.auto_thread)
+        chat = DiscordChat(layer, AccessPolicy.from_config(cfg), auto_thread=cfg.auto_thread)
         client = FinechatClient(
             chat,
-            install_commands=lambda tree: install_commands(tree, layer, policy),
+            install_commands=lambda tree: install_commands(tree, chat),
             guild_ids=cfg.guild_ids,
             guild_ready_timeout=self.guild_ready_timeout,
         )
