@@ -178,7 +178,7 @@ class WebConfig:
 
 @dataclass(frozen=True)
 class DiscordConfig:
-    """The Discord bot (bots/discord_*). Id lists are Discord snowflakes; empty = no limit."""
+    """The Discord bot (bots/discord/). Id lists are Discord snowflakes; empty = no limit."""
 
     enabled: bool = True
     token_file: str = ""
@@ -202,11 +202,13 @@ class DiscordConfig:
     """Open a thread for each new conversation started by a mention in a channel."""
     edit_interval: float = 1.0
     """Seconds between streamed edits in one channel (Discord rate-limits edits)."""
+    reply_timeout: float = 600.0
+    """Seconds a reply may take (queue included) before the person gets an apology."""
 
 
 @dataclass(frozen=True)
 class TelegramConfig:
-    """The Telegram bot (bots/telegram_*). Id lists are Telegram ids; empty = no limit."""
+    """The Telegram bot (bots/telegram/). Id lists are Telegram ids; empty = no limit."""
 
     enabled: bool = True
     token_file: str = ""
@@ -363,6 +365,7 @@ def _validate(cfg: Config) -> None:
         (0 < cfg.web.port < 65536, "web.port: must be a TCP port (1-65535)"),
         (bool(cfg.database.path), "database.path: must not be empty"),
         (cfg.discord.edit_interval >= 0.2, "discord.edit_interval: must be at least 0.2 seconds"),
+        (cfg.discord.reply_timeout > 0, "discord.reply_timeout: must be greater than 0"),
         (
             cfg.discord.api_base_url.startswith(("http://", "https://")),
             "discord.api_base_url: must be an http(s) URL",

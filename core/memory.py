@@ -99,6 +99,23 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX usage_person ON usage(person, kind, at);
     CREATE INDEX usage_at ON usage(at);
     """,
+    # v5: reserved for the web conversation list and feedback (issue 16).
+    "",
+    # v6: every platform message an answer was delivered as (a long answer is several
+    # messages; a reply to any of them continues that turn). Earlier answers keep the one
+    # id they had.
+    """
+    CREATE TABLE IF NOT EXISTS deliveries (
+        message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        part INTEGER NOT NULL,
+        platform_message_id TEXT NOT NULL,
+        PRIMARY KEY (message_id, part)
+    );
+    CREATE INDEX IF NOT EXISTS deliveries_platform_id ON deliveries(platform_message_id);
+    INSERT OR IGNORE INTO deliveries (message_id, part, platform_message_id)
+        SELECT id, 0, platform_message_id FROM messages
+        WHERE role = 'assistant' AND platform_message_id IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -450,6 +467,50 @@ class MemoryStore:
             (platform_message_id, message_id),
         )
         await self._db.commit()
+
+    async def set_deliveries(self, message_id: int, platform_message_ids: list[str]) -> None:
+        """Record the platform messages an answer was delivered as, in order (replacing any
+        earlier record); the last one is also the message's ``platform_message_id``."""
+        await self._db.execute("DELETE FROM deliveries WHERE message_id = ?", (message_id,))
+        await self._db.executemany(
+            "INSERT INTO deliveries (message_id, part, platform_message_id) VALUES (?, ?, ?)",
+            [(message_id, part, pid) for part, pid in enumerate(platform_message_ids)],
+        )
+        if platform_message_ids:
+            await self._db.execute(
+                "UPDATE messages SET platform_message_id = ? WHERE id = ?",
+                (platform_message_ids[-1], message_id),
+            )
+        await self._db.commit()
+
+    async def deliveries(self, message_id: int) -> list[str]:
+        async with self._db.execute(
+            "SELECT platform_message_id FROM deliveries WHERE message_id = ? ORDER BY part",
+            (message_id,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [str(r[0]) for r in rows]
+
+    async def find_delivery(
+        self, platform_message_id: str, *, key: str | None = None, key_prefix: str | None = None
+    ) -> Turn | None:
+        """The answer delivered as ``platform_message_id``, in conversation ``key`` or in
+        conversations whose key starts with ``key_prefix`` (platform ids are not unique)."""
+        if key is not None:
+            where, arg = "c.key = ?", key
+        elif key_prefix is not None:
+            where, arg = "c.key LIKE ? ESCAPE '\\'", _like_prefix(key_prefix)
+        else:
+            raise ValueError("find_delivery needs key or key_prefix")
+        async with self._db.execute(
+            f"SELECT {_M_TURN_COLUMNS} FROM deliveries d"
+            " JOIN messages m ON m.id = d.message_id"
+            " JOIN conversations c ON c.id = m.conversation_id"
+            f" WHERE d.platform_message_id = ? AND {where} ORDER BY m.id DESC LIMIT 1",
+            (platform_message_id, arg),
+        ) as cur:
+            row = await cur.fetchone()
+        return _turn(row) if row else None
 
     async def leaf(self, conversation_id: int) -> Turn | None:
         """The newest message of a conversation: where the next turn continues by default."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -418,13 +418,18 @@ class ChatService:
         chain = await self.store.chain(user_turn.id, limit=self.chat_config.history_turns)
         system = profile.persona if profile.persona is not None else self.chat_config.system_prompt
         budget = n_ctx - sampling.max_tokens
-        built = await build_prompt(
-            system_prompt=system,
-            history=[Message(t.role, t.text) for t in chain],
-            turn_tokens=[t.tokens for t in chain],
-            budget=budget,
-            encode=engine.encode_messages,
-        )
+        try:
+            built = await build_prompt(
+                system_prompt=system,
+                history=[Message(t.role, t.text) for t in chain],
+                turn_tokens=[t.tokens for t in chain],
+                budget=budget,
+                encode=engine.encode_messages,
+            )
+        except InvalidInput:
+            if fresh:  # too long for this model: nothing will answer it, so keep nothing
+                await self.store.delete_message(user_turn.id)
+            raise
         request = GenerationRequest(key, built.tokens, sampling, tuple(built.messages))
         if cancel.is_set():
             if fresh:
@@ -629,6 +634,28 @@ class ChatService:
                 if asyncio.iscoroutine(result):
                     await result
         return removed
+
+    # -- platform messages (the bots) -------------------------------------------------------
+
+    async def parent_turn(self, key: str, platform_message_id: str) -> int | None:
+        """The answer in ``key``'s conversations delivered as ``platform_message_id``.
+
+        A person replying to any message of one of their answers continues from that answer
+        (pass the id as ``parent_id`` to :meth:`reply`); None for someone else's answer.
+        """
+        platform_of_key(key)
+        turn = await self.store.find_delivery(platform_message_id, key=key)
+        return turn.id if turn is not None else None
+
+    async def record_delivery(self, message_id: int, platform_message_ids: Sequence[str]) -> None:
+        """Remember the platform messages answer ``message_id`` was delivered as, in order."""
+        await self.store.set_deliveries(message_id, list(platform_message_ids))
+
+    async def delivered_as(self, key_prefix: str, platform_message_id: str) -> bool:
+        """Whether some answer under ``key_prefix`` (``discord:``) went out as that message:
+        "is this message one of ours" when the platform cannot tell."""
+        found = await self.store.find_delivery(platform_message_id, key_prefix=key_prefix)
+        return found is not None
 
     async def stats(
         self, key: str, *, person: str | None = None, exempt: bool = False

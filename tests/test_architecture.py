@@ -82,3 +82,36 @@ def test_core_has_no_import_cycles() -> None:
                     seen.add(nxt)
                     stack.append((nxt, [*trail, nxt]))
     assert cycles == []
+
+
+CHAT = ROOT / "bots" / "chat"
+
+
+def test_conversation_layer_imports_only_core_and_the_standard_library() -> None:
+    """``bots/chat`` is platform-free: a feature there lands on every platform at once."""
+    offenders = []
+    for path in CHAT.rglob("*.py"):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            allowed = (
+                top in sys.stdlib_module_names
+                or top == "core"
+                or name == "bots.chat"
+                or name.startswith("bots.chat.")
+            )
+            if not allowed:
+                offenders.append(f"{path.name}: {name}")
+    assert offenders == []
+
+
+def test_importing_the_conversation_layer_loads_no_platform_library() -> None:
+    code = (
+        "import importlib, pkgutil, sys, bots.chat\n"
+        "for m in pkgutil.iter_modules(bots.chat.__path__):\n"
+        "    importlib.import_module('bots.chat.' + m.name)\n"
+        "bad = [n for n in sys.modules if n.split('.')[0] in ('discord', 'telegram', 'gradio')\n"
+        "       or n.startswith(('bots.telegram', 'bots.discord'))]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -8,34 +8,35 @@ import time
 
 import pytest
 
-from bots.discord_access import AccessPolicy, Place
-from bots.discord_events import Incoming, conversation_key, prompt_text, should_answer, thread_name
-from bots.discord_routing import resolve_routing
-from bots.discord_stream import EditPacer
+from bots.chat.pacer import Pacer
+from bots.chat.texts import Refusal
+from bots.discord.routing import resolve_routing
+from bots.discord.rules import (
+    AccessPolicy,
+    Facts,
+    Where,
+    conversation_key,
+    prompt_text,
+    should_answer,
+    thread_name,
+)
 from core.config import Config, DiscordConfig, Secret, load_config
 from core.errors import ConfigError
 
 BOT = 900
 
 
-def msg(**kw: object) -> Incoming:
-    base: dict[str, object] = {
-        "message_id": 1,
-        "author_id": 5,
-        "author_is_bot": False,
-        "content": "hi",
-        "channel_id": 20,
-        "guild_id": 10,
-    }
+def msg(**kw: object) -> Facts:
+    base: dict[str, object] = {"author_id": 5, "author_is_bot": False}
     base.update(kw)
-    return Incoming(**base)  # type: ignore[arg-type]
+    return Facts(**base)  # type: ignore[arg-type]
 
 
 def test_triggers() -> None:
     assert not should_answer(msg(), bot_id=BOT)
     assert should_answer(msg(mentions_bot=True), bot_id=BOT)
-    assert should_answer(msg(reply_to_bot_message_id=77), bot_id=BOT)
-    assert should_answer(msg(is_dm=True, guild_id=None), bot_id=BOT)
+    assert should_answer(msg(replies_to_bot=True), bot_id=BOT)
+    assert should_answer(msg(is_dm=True), bot_id=BOT)
     assert should_answer(msg(is_thread=True, bot_in_thread=True), bot_id=BOT)
     assert not should_answer(msg(is_thread=True, bot_in_thread=False), bot_id=BOT)
     assert not should_answer(msg(mentions_bot=True, author_is_bot=True), bot_id=BOT)
@@ -53,8 +54,8 @@ def test_key_and_text() -> None:
 
 def test_access_open_by_default() -> None:
     policy = AccessPolicy()
-    assert policy.refusal(Place(1, channel_ids=(20,))) is None
-    assert policy.refusal(Place(1, is_dm=True)) is None
+    assert policy.refusal(Where(1, channel_ids=(20,))) is None
+    assert policy.refusal(Where(1, is_dm=True)) is None
 
 
 def test_access_lists_and_inheritance() -> None:
@@ -67,21 +68,21 @@ def test_access_lists_and_inheritance() -> None:
         allow_dms=False,
     )
     thread_in_category = (555, 20, 19)
-    assert policy.refusal(Place(1, frozenset({30}), thread_in_category)) is None
-    assert policy.refusal(Place(1, frozenset(), thread_in_category)) is not None  # no role
-    assert policy.refusal(Place(7, frozenset({30}), thread_in_category)) is not None  # blocked
-    assert "channel" in (policy.refusal(Place(1, frozenset({30}), (22, 18))) or "")
-    assert policy.refusal(Place(1, frozenset({30}), (21, 19))) is not None  # blocked channel
-    assert "direct messages" in (policy.refusal(Place(1, is_dm=True)) or "")
-    assert policy.refusal(Place(99, is_dm=True)) is None  # admins everywhere
-    assert policy.refusal(Place(99, channel_ids=(21,))) is None
+    assert policy.refusal(Where(1, frozenset({30}), thread_in_category)) is None
+    assert policy.refusal(Where(1, frozenset(), thread_in_category)) is not None  # no role
+    assert policy.refusal(Where(7, frozenset({30}), thread_in_category)) is not None  # blocked
+    assert policy.refusal(Where(1, frozenset({30}), (22, 18))) is Refusal.CHAT_NOT_ALLOWED
+    assert policy.refusal(Where(1, frozenset({30}), (21, 19))) is not None  # blocked channel
+    assert policy.refusal(Where(1, is_dm=True)) is Refusal.PRIVATE_DISABLED
+    assert policy.refusal(Where(99, is_dm=True)) is None  # admins everywhere
+    assert policy.refusal(Where(99, channel_ids=(21,))) is None
     assert policy.is_admin(99) and not policy.is_admin(1)
 
 
 def test_access_in_dms_uses_user_lists_only() -> None:
     policy = AccessPolicy(allowed_users=frozenset({1}), allowed_roles=frozenset({30}))
-    assert policy.refusal(Place(1, is_dm=True)) is None
-    assert policy.refusal(Place(2, is_dm=True)) is not None
+    assert policy.refusal(Where(1, is_dm=True)) is None
+    assert policy.refusal(Where(2, is_dm=True)) is not None
 
 
 def test_routing_normalises_urls() -> None:
@@ -93,20 +94,21 @@ def test_routing_normalises_urls() -> None:
     assert resolve_routing("", "").gateway == "wss://gateway.discord.gg/"
 
 
-async def test_edit_pacer_spaces_edits_per_channel() -> None:
-    pacer = EditPacer(0.2)
-    stamps: dict[int, list[float]] = {1: [], 2: []}
+async def test_pacers_space_writes_per_channel() -> None:
+    from bots.chat.pacer import Pacers
 
-    async def edit(channel: int) -> None:
-        async with pacer.slot(channel):
-            stamps[channel].append(time.monotonic())
+    pacers = Pacers(0.2, 0.2)
+    stamps: dict[str, list[float]] = {"a": [], "b": []}
 
-    await asyncio.gather(*(edit(c) for c in (1, 1, 1, 2, 2)))
+    async def write(channel: str) -> None:
+        await pacers.get(channel, group=True).turn()
+        stamps[channel].append(time.monotonic())
+
+    await asyncio.gather(*(write(c) for c in ("a", "a", "a", "b", "b")))
     for times in stamps.values():
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(g >= 0.19 for g in gaps), gaps
-    # Different channels do not wait for each other.
-    assert abs(stamps[1][0] - stamps[2][0]) < 0.1
+    assert isinstance(pacers.get("a", group=True), Pacer)
 
 
 def test_config_lists_from_toml_and_env(tmp_path: object) -> None:
@@ -129,6 +131,9 @@ def test_config_lists_from_toml_and_env(tmp_path: object) -> None:
         load_config(None, env={"FINECHAT_DISCORD__ALLOWED_USERS": "x"})
     with pytest.raises(ConfigError, match="discord.api_base_url"):
         load_config(None, env={"FINECHAT_DISCORD__API_BASE_URL": "discord.com"})
+    with pytest.raises(ConfigError, match="discord.reply_timeout"):
+        load_config(None, env={"FINECHAT_DISCORD__REPLY_TIMEOUT": "0"})
+    assert load_config(None, env={}).discord.reply_timeout == 600.0
     with pytest.raises(ConfigError, match="tokens are not read"):
         bad = Path(str(tmp_path)) / "bad.toml"
         bad.write_text('[discord]\ntoken = "x"\n', encoding="utf-8")

@@ -9,30 +9,25 @@ import time
 
 import pytest
 
-from bots import telegram_redact
-from bots.split import split_message
-from bots.telegram_bot import api_url
-from bots.telegram_format import escape, markdown_to_html
-from bots.telegram_frontend import check_settings, create
-from bots.telegram_rules import (
-    Access,
+from bots.chat.incoming import ReplyTo, command_argument, quote_into_prompt
+from bots.chat.live import min_growth
+from bots.chat.pacer import Pacer, Pacers
+from bots.chat.texts import Refusal
+from bots.telegram import redact as telegram_redact
+from bots.telegram.chunks import telegram_chunks_async as chunks
+from bots.telegram.chunks import utf16_len
+from bots.telegram.format import escape, markdown_to_html
+from bots.telegram.frontend import check_settings, create
+from bots.telegram.rules import (
     AccessPolicy,
     Entity,
-    Incoming,
-    ReplyTo,
-    check_access,
-    command_argument,
+    Facts,
+    api_url,
     conversation_key,
+    incoming,
     is_addressed,
-    quote_into_prompt,
+    scope_of,
     strip_mentions,
-)
-from bots.telegram_stream import (
-    TEXT_LIMIT,
-    ChatPacer,
-    min_growth,
-    telegram_chunks,
-    utf16_len,
 )
 from core.config import Config, Secret, TelegramConfig, load_config
 from core.errors import ConfigError
@@ -50,7 +45,7 @@ from tests.fakes.telegram_api import EntityError, visible_text
         ("use `a<b>` here", "use <code>a&lt;b&gt;</code> here"),
         ("~~gone~~", "<s>gone</s>"),
         ("# Title", "<b>Title</b>"),
-        ("- one\n* two", "• one\n• two"),
+        ("- one\n* two", "- one\n• two"),  # "-" is not markup: it stays (issue 12)
         ("> quoted\n> more\nafter", "<blockquote>quoted\nmore</blockquote>\nafter"),
         (
             "[docs](https://example.com/a_b*c*?x=1&y=2)",
@@ -90,25 +85,23 @@ def test_escape() -> None:
     assert escape('<a href="x">&</a>') == '&lt;a href="x"&gt;&amp;&lt;/a&gt;'
 
 
-def test_chunks_fit_after_rendering() -> None:
+async def test_chunks_fit_after_rendering() -> None:
     text = ("**Word** " * 300 + "\n\n") * 3 + "```\n" + "x = 1\n" * 400 + "```"
-    for chunk in split_message(text, TEXT_LIMIT):
-        assert len(visible_text(markdown_to_html(chunk))) <= 4096
+    for chunk in await chunks(text):
+        assert utf16_len(visible_text(markdown_to_html(chunk)) + " ▌") <= 4096
 
 
-def test_chunks_respect_utf16_length() -> None:
+async def test_chunks_respect_utf16_length() -> None:
     text = ("😀 emoji everywhere. " * 400).strip()  # 8,000 chars, 8,800 UTF-16 units
-    chunks = telegram_chunks(text)
-    assert all(utf16_len(c) <= TEXT_LIMIT for c in chunks)
-    assert " ".join(chunks).split() == text.split()
-    plain = "word " * 2000
-    assert telegram_chunks(plain) == split_message(plain, TEXT_LIMIT)
+    parts = await chunks(text)
+    assert all(utf16_len(c + " ▌") <= 4096 for c in parts)
+    assert " ".join(parts).split() == text.split()
 
 
 # -- rules -----------------------------------------------------------------------------------
 
 
-def msg(text: str, *, chat_type: str = "supergroup", **kw: object) -> Incoming:
+def msg(text: str, *, chat_type: str = "supergroup", **kw: object) -> Facts:
     entities = []
     at = text.find("@finechat_bot")
     if at >= 0:
@@ -123,16 +116,16 @@ def msg(text: str, *, chat_type: str = "supergroup", **kw: object) -> Incoming:
         "entities": tuple(entities),
     }
     defaults.update(kw)
-    return Incoming(**defaults)  # type: ignore[arg-type]
+    return Facts(**defaults)  # type: ignore[arg-type]
 
 
 def test_when_the_bot_is_addressed() -> None:
     assert is_addressed(msg("hi", chat_type="private"), "finechat_bot", 77)
     assert not is_addressed(msg("hi all"), "finechat_bot", 77)
     assert is_addressed(msg("hey @finechat_bot, 2+2?"), "finechat_bot", 77)
-    reply = ReplyTo(3, from_bot_self=True, author="Finechat", text="4")
+    reply = ReplyTo("3", from_self=True, author="Finechat", text="4")
     assert is_addressed(msg("why?", reply_to=reply), "finechat_bot", 77)
-    other = ReplyTo(3, from_bot_self=False, author="Bob", text="lunch?")
+    other = ReplyTo("3", from_self=False, author="Bob", text="lunch?")
     assert not is_addressed(msg("yes", reply_to=other), "finechat_bot", 77)
     assert is_addressed(
         msg("hi", entities=(Entity("text_mention", 0, 2, user_id=77),)), "finechat_bot", 77
@@ -149,43 +142,63 @@ def test_strip_mentions_and_commands() -> None:
     assert conversation_key(-100, 7) == "telegram:-100:7"
 
 
+def test_forum_topics_have_their_own_key_and_share_the_chat_pacer() -> None:
+    """General topic and ordinary supergroups keep today's key; forum topics add theirs."""
+    assert conversation_key(-100, 7, None) == "telegram:-100:7"
+    assert conversation_key(-100, 7, 42) == "telegram:-100/42:7"
+    in_topic = msg("@finechat_bot hi", topic_id=42, chat_id=-100, user_id=7)
+    plain = msg("@finechat_bot hi", chat_id=-100, user_id=7)
+    a = incoming(in_topic, AccessPolicy(), "finechat_bot", 77)
+    b = incoming(plain, AccessPolicy(), "finechat_bot", 77)
+    assert a.key == "telegram:-100/42:7" and b.key == "telegram:-100:7"
+    assert a.scope == b.scope == scope_of(-100)
+    assert a.addressed and a.text == "hi"
+
+
+def test_bots_and_unaddressed_group_messages_are_ignored() -> None:
+    assert not incoming(msg("hi all"), AccessPolicy(), "finechat_bot", 77).addressed
+    bot = msg("@finechat_bot hi", user_is_bot=True)
+    assert not incoming(bot, AccessPolicy(), "finechat_bot", 77).addressed
+    assert incoming(msg("hi", chat_type="private"), AccessPolicy(), "finechat_bot", 77).addressed
+
+
 def test_quote_into_prompt() -> None:
-    reply = ReplyTo(1, from_bot_self=False, author="Alice", text="line one\nline two")
+    reply = ReplyTo("1", from_self=False, author="Alice", text="line one\nline two")
     assert quote_into_prompt("what?", reply) == "Alice wrote:\n> line one\n> line two\n\nwhat?"
     assert quote_into_prompt("what?", None) == "what?"
-    long = ReplyTo(1, from_bot_self=False, author="A", text="x" * 5000)
+    long = ReplyTo("1", from_self=False, author="A", text="x" * 5000)
     assert len(quote_into_prompt("q", long)) < 1100
 
 
 @pytest.mark.parametrize(
     ("policy", "chat", "chat_type", "user", "expected"),
     [
-        (AccessPolicy(), 5, "private", 5, Access.ALLOWED),
-        (AccessPolicy(allow_private=False), 5, "private", 5, Access.PRIVATE_DISABLED),
-        (AccessPolicy(allowed_user_ids=frozenset({1})), 2, "private", 2, Access.USER_NOT_ALLOWED),
-        (AccessPolicy(allowed_user_ids=frozenset({1})), -9, "group", 1, Access.ALLOWED),
-        (AccessPolicy(allowed_chat_ids=frozenset({-9})), -8, "group", 1, Access.CHAT_NOT_ALLOWED),
-        (AccessPolicy(allowed_chat_ids=frozenset({-9})), 1, "private", 1, Access.ALLOWED),
+        (AccessPolicy(), 5, "private", 5, None),
+        (AccessPolicy(allow_private=False), 5, "private", 5, Refusal.PRIVATE_DISABLED),
+        (AccessPolicy(allowed_user_ids=frozenset({1})), 2, "private", 2, Refusal.USER_NOT_ALLOWED),
+        (AccessPolicy(allowed_user_ids=frozenset({1})), -9, "group", 1, None),
+        (AccessPolicy(allowed_chat_ids=frozenset({-9})), -8, "group", 1, Refusal.CHAT_NOT_ALLOWED),
+        (AccessPolicy(allowed_chat_ids=frozenset({-9})), 1, "private", 1, None),
         (
             AccessPolicy(allowed_user_ids=frozenset({1}), admin_ids=frozenset({3})),
             -8,
             "group",
             3,
-            Access.ALLOWED,
+            None,
         ),
         (
             AccessPolicy(allow_private=False, admin_ids=frozenset({3})),
             3,
             "private",
             3,
-            Access.ALLOWED,
+            None,
         ),
     ],
 )
 def test_access(
-    policy: AccessPolicy, chat: int, chat_type: str, user: int, expected: Access
+    policy: AccessPolicy, chat: int, chat_type: str, user: int, expected: Refusal | None
 ) -> None:
-    assert check_access(policy, chat, chat_type, user) is expected
+    assert policy.refusal(chat, chat_type, user) is expected
 
 
 # -- pacing ----------------------------------------------------------------------------------
@@ -197,8 +210,17 @@ def test_edit_steps_grow_and_are_stricter_in_groups() -> None:
     assert min_growth(100, group=True) > min_growth(100, group=False)
 
 
+def test_pacers_are_per_chat_and_bounded() -> None:
+    pacers = Pacers(1.0, 3.0, max_chats=2)
+    private, group = pacers.get("telegram:1", group=False), pacers.get("telegram:-5", group=True)
+    assert private.interval == 1.0 and group.interval == 3.0
+    assert pacers.get("telegram:1", group=False) is private
+    pacers.get("telegram:2", group=False)  # evicts the least recently used (-5)
+    assert pacers.get("telegram:-5", group=True) is not group
+
+
 async def test_pacer_spaces_calls_and_holds_for_retry_after() -> None:
-    pacer = ChatPacer(0.2)
+    pacer = Pacer(0.2)
     start = time.monotonic()
     await pacer.turn()
     await pacer.turn()
@@ -207,7 +229,7 @@ async def test_pacer_spaces_calls_and_holds_for_retry_after() -> None:
     held = time.monotonic()
     await pacer.turn(urgent=True)  # urgent skips spacing, never a flood hold
     assert time.monotonic() - held >= 0.3 - 0.01
-    fresh = ChatPacer(5.0)
+    fresh = Pacer(5.0)
     quick = time.monotonic()
     await fresh.turn()
     await fresh.turn(urgent=True)
@@ -273,7 +295,7 @@ def test_token_is_scrubbed_from_every_log_record(caplog: pytest.LogCaptureFixtur
 
 
 async def test_pacer_is_fifo_under_contention() -> None:
-    pacer = ChatPacer(0.05)
+    pacer = Pacer(0.05)
     order: list[int] = []
 
     async def take(i: int) -> None:

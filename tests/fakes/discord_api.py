@@ -35,6 +35,7 @@ ALICE = 101
 BOB = 102
 CAROL = 103
 OTHER_BOT = 104
+ADA = 105
 MESSAGE_CONTENT_INTENT = 1 << 15
 
 USERS = {
@@ -43,8 +44,10 @@ USERS = {
     BOB: {"username": "bob"},
     CAROL: {"username": "carol"},
     OTHER_BOT: {"username": "otherbot", "bot": True},
+    ADA: {"username": "ada"},
 }
-MEMBER_ROLES = {ALICE: [ROLE_ID], BOB: [], CAROL: [], BOT_ID: [], OTHER_BOT: []}
+MEMBER_ROLES = {ALICE: [ROLE_ID], BOB: [], CAROL: [], BOT_ID: [], OTHER_BOT: [], ADA: []}
+MAX_CONTENT = 2000
 
 
 def user(uid: int) -> dict[str, Any]:
@@ -105,6 +108,8 @@ class FakeDiscord:
     _runner: web.AppRunner | None = None
     dispatched_at: dict[int, float] = field(default_factory=dict)
     threads: dict[int, dict[str, Any]] = field(default_factory=dict)
+    interaction_ids: dict[str, int] = field(default_factory=dict)
+    """Interaction token → interaction id."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -168,6 +173,7 @@ class FakeDiscord:
         guild: bool = True,
         mentions: list[int] | None = None,
         reply_to: int | None = None,
+        attachments: list[dict[str, Any]] | None = None,
     ) -> int:
         """Post a message as ``author`` (MESSAGE_CREATE) and return its id."""
         mid = next(self._ids)
@@ -182,7 +188,17 @@ class FakeDiscord:
             "mention_everyone": False,
             "mentions": [user(u) for u in (mentions or [])],
             "mention_roles": [],
-            "attachments": [],
+            "attachments": [
+                {
+                    "id": str(next(self._ids)),
+                    "filename": "file.txt",
+                    "size": 10,
+                    "url": "https://cdn.example/file.txt",
+                    "proxy_url": "https://cdn.example/file.txt",
+                    **a,
+                }
+                for a in attachments or []
+            ],
             "embeds": [],
             "pinned": False,
             "type": 0,
@@ -230,22 +246,33 @@ class FakeDiscord:
         options: dict[str, Any] | None = None,
         *,
         channel_id: int = CHANNEL_ID,
+        guild: bool = True,
     ) -> str:
         """A slash command (INTERACTION_CREATE); returns its token for the follow-up routes."""
         iid = next(self._ids)
         token = f"itoken-{iid}"
+        self.interaction_ids[token] = iid
         guild_cmds = self.commands.get(str(GUILD_ID), []) or self.commands.get("global", [])
         cmd = next(c for c in guild_cmds if c["name"] == name)
+        where: dict[str, Any] = (
+            {
+                "guild_id": str(GUILD_ID),
+                "channel": {"id": str(channel_id), "type": 0, "guild_id": str(GUILD_ID)},
+                "member": {**member(author), "permissions": "0"},
+            }
+            if guild
+            else {"channel": {"id": str(channel_id), "type": 1}, "user": user(author)}
+        )
+        if channel_id in self.threads:
+            where["channel"] = {**self.threads[channel_id], "type": 11}
         data: dict[str, Any] = {
             "id": str(iid),
             "application_id": str(APP_ID),
             "type": 2,
             "token": token,
             "version": 1,
-            "guild_id": str(GUILD_ID),
             "channel_id": str(channel_id),
-            "channel": {"id": str(channel_id), "type": 0, "guild_id": str(GUILD_ID)},
-            "member": {**member(author), "permissions": "0"},
+            **where,
             "app_permissions": "0",
             "attachment_size_limit": 8388608,
             "locale": "en-US",
@@ -256,7 +283,7 @@ class FakeDiscord:
                 "id": cmd["id"],
                 "name": name,
                 "type": 1,
-                "guild_id": str(GUILD_ID),
+                **({"guild_id": str(GUILD_ID)} if guild else {}),
                 "options": [
                     {"name": k, "type": 5 if isinstance(v, bool) else 3, "value": v}
                     for k, v in (options or {}).items()
@@ -389,7 +416,7 @@ class FakeDiscord:
             call.status = 401
             await self._record(call)
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
-        status, data = self._handle(request.method, path, body, request.query)
+        status, data = self._checked(request.method, path, body, request.query)
         call.status = status
         if status == 200 and re.fullmatch(r"/channels/\d+/messages/\d+/threads", path):
             # Like Discord, announce the new thread on the gateway (discord.py caches it).
@@ -410,6 +437,19 @@ class FakeDiscord:
         async with self._changed:
             self.calls.append(call)
             self._changed.notify_all()
+
+    def _checked(self, method: str, path: str, body: Any, query: Any) -> tuple[int, Any]:
+        """Discord's content checks, then the route: over 2,000 characters or not valid
+        UTF-8 is a 400 (Invalid Form Body), like the real API."""
+        text = (body or {}).get("content") if isinstance(body, dict) else None
+        if text is None and isinstance(body, dict) and isinstance(body.get("data"), dict):
+            text = body["data"].get("content")
+        if isinstance(text, str):
+            if len(text) > MAX_CONTENT:
+                return 400, {"message": "Invalid Form Body", "code": 50035}
+            if re.search("[\ud800-\udfff]", text):
+                return 400, {"message": "Invalid Form Body", "code": 50109}
+        return self._handle(method, path, body, query)
 
     def _handle(self, method: str, path: str, body: Any, query: Any) -> tuple[int, Any]:
         m = re.fullmatch

@@ -120,13 +120,15 @@ class FakeMessage:
     reply_to: int | None = None
     edits: int = 0
     sent_at: float = 0.0
+    thread_id: int | None = None
+    """The forum topic (``message_thread_id``) the message is in."""
 
 
 @dataclass
 class Fault:
     method: str
     kind: str  # "retry_after" | "bad_entities"
-    retry_after: int = 1
+    retry_after: float = 1
     remaining: int = 1
     when: Callable[[dict[str, Any]], bool] | None = None
 
@@ -204,32 +206,59 @@ class FakeBotAPI:
         reply_to: tuple[int, int] | None = None,
         reply_to_message: dict[str, Any] | None = None,
         instead_of_text: dict[str, Any] | None = None,
+        topic: int | None = None,
     ) -> int:
         """Queue an incoming text message; returns its message id.
 
-        ``instead_of_text`` sends other content (e.g. ``{"location": {...}}``) and no text.
+        ``instead_of_text`` sends other content (e.g. ``{"location": {...}}``) and no text; a
+        ``caption`` in it gets its entities like a text would. ``topic`` puts the message in
+        that forum topic, as Telegram does: ``message_thread_id``, ``is_topic_message`` and,
+        when it replies to nothing else, a reply to the topic's creation message.
         """
         message_id = self._new_message_id(chat_id)
         msg: dict[str, Any] = {
             "message_id": message_id,
             "date": int(time.time()),
-            "chat": _chat(chat_id, chat_type, user),
+            "chat": _chat(chat_id, chat_type, user, forum=topic is not None),
             "from": user.as_dict(),
         }
         if instead_of_text is not None:
             msg.update(instead_of_text)
+            caption_entities = _entities(str(instead_of_text.get("caption", "")))
+            if caption_entities:
+                msg["caption_entities"] = caption_entities
         else:
             msg["text"] = text
         entities = _entities(text) if instead_of_text is None else []
         if entities:
             msg["entities"] = entities
+        if topic is not None:
+            msg["message_thread_id"] = topic
+            msg["is_topic_message"] = True
         if reply_to is not None:
             target = self.messages[reply_to]
             msg["reply_to_message"] = self._message_dict(target)
         elif reply_to_message is not None:
             msg["reply_to_message"] = reply_to_message
+        elif topic is not None:
+            msg["reply_to_message"] = {
+                "message_id": topic,
+                "date": int(time.time()),
+                "chat": _chat(chat_id, chat_type, user, forum=True),
+                "from": user.as_dict(),
+                "message_thread_id": topic,
+                "forum_topic_created": {"name": f"Topic {topic}", "icon_color": 7322096},
+            }
         self.messages[(chat_id, message_id)] = FakeMessage(
-            chat_id, message_id, text, text, None, from_bot=False, author=user, chat_type=chat_type
+            chat_id,
+            message_id,
+            text,
+            text,
+            None,
+            from_bot=False,
+            author=user,
+            chat_type=chat_type,
+            thread_id=topic,
         )
         self._updates.append({"update_id": self._next_update, "message": msg})
         self._next_update += 1
@@ -241,7 +270,7 @@ class FakeBotAPI:
         method: str,
         kind: str,
         *,
-        retry_after: int = 1,
+        retry_after: float = 1,
         times: int = 1,
         when: Callable[[dict[str, Any]], bool] | None = None,
     ) -> Fault:
@@ -368,6 +397,7 @@ class FakeBotAPI:
         chat_id = int(params["chat_id"])
         text, source = self._render(params)
         reply = params.get("reply_parameters") or {}
+        thread = params.get("message_thread_id")
         message = FakeMessage(
             chat_id,
             self._new_message_id(chat_id),
@@ -378,6 +408,7 @@ class FakeBotAPI:
             chat_type=self._chat_type(chat_id),
             reply_to=reply.get("message_id"),
             sent_at=time.monotonic(),
+            thread_id=int(thread) if thread is not None else None,
         )
         self.messages[(chat_id, message.message_id)] = message
         return self._message_dict(message)
@@ -411,6 +442,8 @@ class FakeBotAPI:
 
     def _render(self, params: dict[str, Any]) -> tuple[str, str]:
         source = str(params.get("text", ""))
+        if re.search("[\ud800-\udfff]", source):  # a lone surrogate is not UTF-8
+            raise _APIError(400, "Bad Request: strings must be encoded in UTF-8")
         text = source
         if params.get("parse_mode") == "HTML":
             try:
@@ -435,13 +468,18 @@ class FakeBotAPI:
 
     def _message_dict(self, message: FakeMessage) -> dict[str, Any]:
         author = self.bot if message.from_bot else message.author or self.bot
-        return {
+        forum = message.thread_id is not None
+        out: dict[str, Any] = {
             "message_id": message.message_id,
             "date": int(time.time()),
-            "chat": _chat(message.chat_id, message.chat_type, message.author),
+            "chat": _chat(message.chat_id, message.chat_type, message.author, forum=forum),
             "from": author.as_dict(),
             "text": message.text,
         }
+        if forum:
+            out["message_thread_id"] = message.thread_id
+            out["is_topic_message"] = True
+        return out
 
 
 class _APIError(Exception):
@@ -451,10 +489,15 @@ class _APIError(Exception):
         self.description = description
 
 
-def _chat(chat_id: int, chat_type: str, user: User | None) -> dict[str, Any]:
+def _chat(
+    chat_id: int, chat_type: str, user: User | None, *, forum: bool = False
+) -> dict[str, Any]:
     if chat_type == "private":
         return {"id": chat_id, "type": "private", "first_name": user.first_name if user else "x"}
-    return {"id": chat_id, "type": chat_type, "title": f"Group {chat_id}"}
+    chat: dict[str, Any] = {"id": chat_id, "type": chat_type, "title": f"Group {chat_id}"}
+    if forum:
+        chat["is_forum"] = True
+    return chat
 
 
 def _error(status: int, description: str, parameters: dict[str, Any] | None = None) -> web.Response:
