@@ -8,9 +8,7 @@ API, the web chat is the real app driven with gradio_client.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,6 @@ from core.config import (
     DatabaseConfig,
     GenerationConfig,
     LimitsConfig,
-    Secret,
     TelegramConfig,
     WebConfig,
 )
@@ -36,8 +33,11 @@ from core.memory import MemoryStore
 from core.runtime import admin_people
 from core.service import ChatService
 from tests.fakes.scripted_engine import ScriptedEngine
-from tests.fakes.telegram_api import FakeBotAPI, User
+from tests.harness.driver import ADA, ALICE, GROUP, ChatDriver
+from tests.harness.fixtures import chat
 from tests.web_support import serve_web
+
+__all__ = ["chat"]
 
 ANSWER = "one two three four five six seven eight"  # 8 tokens
 
@@ -148,79 +148,29 @@ async def test_admins_are_exempt_and_refusals_never_reach_the_engine(tmp_path: P
     await store.aclose()
 
 
-# -- Telegram ----------------------------------------------------------------------------------
-
-TOKEN = "123456789:AAH-limits-test-token-0123456789abc"
-ALICE = User(2001, "Alice", username="alice")
-ADMIN = User(2003, "Ada", username="ada")
+# -- the bots (both platforms, through the scenario harness) --------------------------------
 
 
-@contextlib.asynccontextmanager
-async def telegram(service: ChatService, api: FakeBotAPI) -> AsyncIterator[Any]:
-    from bots.telegram_frontend import TelegramFrontend, create
-
-    cfg = TelegramConfig(
-        token=Secret(TOKEN),
-        base_url=api.base_url,
-        edit_interval=0.25,
-        group_edit_interval=0.4,
-        typing_interval=0.5,
-        poll_timeout=1,
-        admin_ids=[ADMIN.id],
-    )
-    frontend = create(Config(telegram=cfg), service)
-    assert isinstance(frontend, TelegramFrontend)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(frontend.run(stop, ready))
-    await asyncio.wait_for(ready.wait(), 30)
-    try:
-        yield frontend.bot
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-@pytest.mark.slow
-async def test_telegram_user_over_the_limit_gets_a_short_answer(tmp_path: Path) -> None:
-    api = FakeBotAPI(TOKEN)
-    await api.start()
-    store = await MemoryStore.open(tmp_path / "tg.sqlite")
-    config = Config(telegram=TelegramConfig(admin_ids=[ADMIN.id]))
-    service, engine, _ = make(
-        store, LimitsConfig(replies_per_minute=2), exempt_people=admin_people(config)
-    )
-    try:
-        async with telegram(service, api) as bot:
-            done = 0
-
-            async def say(user: User, text: str) -> str:
-                nonlocal done
-                api.send_text(user.id, user, text)
-                done += 1
-                await asyncio.wait_for(bot.wait_replies(done), 60)
-                return api.bot_messages(user.id)[-1].text
-
-            assert await say(ALICE, "hello") == ANSWER
-            assert await say(ALICE, "again") == ANSWER
-            n_generated = len(engine.requests)
-            refusal = await say(ALICE, "and again")
-            assert "limit" in refusal and "resets in" in refusal
-            assert len(engine.requests) == n_generated
-            assert [t.text for t in await service.history(f"telegram:{ALICE.id}:{ALICE.id}")][
-                -1
-            ] == ANSWER  # the refused message was not stored
-            for _ in range(3):
-                assert await say(ADMIN, "admin") == ANSWER  # admins are exempt
-
-            # Internal errors never reach the chat (item 11): a model that fails to load.
-            from core.errors import ModelLoadError
-
-            engine.fail_generate = ModelLoadError("cannot read /srv/private/model.gguf: bad magic")
-            apology = await say(ADMIN, "break")
-            assert "/srv/private" not in apology and "magic" not in apology
-    finally:
-        await store.aclose()
-        await api.stop()
+@pytest.mark.bot_settings(replies_per_minute=2)
+async def test_a_person_over_the_limit_gets_a_short_answer_on_either_bot(
+    chat: ChatDriver,
+) -> None:
+    """Reproduction: nothing limited how much one person asked for across chats."""
+    assert (await chat.say(ALICE, "say: one")).text == "one"
+    assert (await chat.say(ALICE, "say: two", GROUP)).text == "two"  # another chat, same person
+    generated = chat.engine.submitted
+    refusal = await chat.say(ALICE, "say: three")
+    assert "limit" in refusal.text and "resets in" in refusal.text
+    assert chat.engine.submitted == generated  # nothing was generated for it
+    history = await chat.service.history(chat.key(ALICE))
+    assert [t.text for t in history][-1] == "one"  # and it was not stored
+    stats = await chat.command(ALICE, "stats")
+    assert "2/2 replies in the last minute" in stats.text
+    for n in range(3):  # admins are exempt
+        assert (await chat.say(ADA, f"say: admin {n}")).text == f"admin {n}"
+    # Internal errors never reach the chat (item 11).
+    apology = await chat.say(ADA, "fail")
+    assert "/secret" not in apology.text and "scripted failure" not in apology.text
 
 
 # -- the web chat, /stats, /metrics and finechat stats -----------------------------------------

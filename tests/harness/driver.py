@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bots.chat.layer import Handled
-from core.config import ChatConfig, GenerationConfig
+from core.config import ChatConfig, GenerationConfig, LimitsConfig
 from core.engine import Engine
 from core.memory import MemoryStore
 from core.service import ChatService
@@ -71,6 +71,8 @@ class Settings:
     reply_timeout: float = 600.0
     edit_interval: float = 0.02
     typing_interval: float = 4.0
+    replies_per_minute: int = 0
+    """``[limits] replies_per_minute`` (0 = no limit); admins are exempt as in ``serve``."""
 
 
 @dataclass
@@ -121,11 +123,14 @@ class ChatDriver(ABC):
         """Open memory, build the service, start the bot with ``settings`` (+ ``changes``)."""
         self.settings = replace(self.settings, **changes)
         self._store = await MemoryStore.open(self.db)
+        per_minute = self.settings.replies_per_minute
         self.service = ChatService(
             self.engine,
             self._store,
             chat=ChatConfig(system_prompt="You are a test bot.", max_input_chars=40_000),
             generation=GenerationConfig(temperature=0.0, max_tokens=20_000, seed=1),
+            limits=LimitsConfig(replies_per_minute=per_minute) if per_minute else None,
+            exempt_people=frozenset(self.person_id(a) for a in self.settings.admins),
         )
         self._stop = asyncio.Event()
         ready = asyncio.Event()
@@ -191,6 +196,11 @@ class ChatDriver(ABC):
     async def command(
         self, person: Person, name: str, argument: str = "", where: Where = PRIVATE
     ) -> Reply: ...
+
+    def person_id(self, person: Person) -> str:
+        """Who ``person`` is for ``[limits]``: the platform's user id, across all chats."""
+        number = person.telegram_id if self.platform == "telegram" else person.discord_id
+        return f"{self.platform}:{number}"
 
     @abstractmethod
     def key(self, person: Person, where: Where = PRIVATE) -> str:
