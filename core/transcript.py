@@ -47,15 +47,17 @@ def tree_order(turns: Sequence[Turn]) -> list[Turn]:
         parent = t.parent_id if t.parent_id in by_id else None
         children.setdefault(parent, []).append(t)
     out: list[Turn] = []
-    stack = list(reversed(children.get(None, [])))
     seen: set[int] = set()
-    while stack:  # iterative: a long conversation must not hit the recursion limit
-        t = stack.pop()
-        if t.id in seen:
-            continue
-        seen.add(t.id)
-        out.append(t)
-        stack.extend(reversed(children.get(t.id, [])))
+    # Roots first; then anything a broken parent chain (a cycle) kept out of reach, by id.
+    for start in [*children.get(None, []), *sorted(turns, key=lambda t: t.id)]:
+        stack = [start]
+        while stack:  # iterative: a long conversation must not hit the recursion limit
+            t = stack.pop()
+            if t.id in seen:
+                continue
+            seen.add(t.id)
+            out.append(t)
+            stack.extend(reversed(children.get(t.id, [])))
     return out
 
 

@@ -142,7 +142,8 @@ async def test_delete_removes_the_text_from_the_file(store: MemoryStore) -> None
     assert b"quokka" not in raw and b"gooseberry" in raw
     # The next message starts a fresh conversation (the deleted one was active).
     turn = await store.add_message(KEY, "user", "hello again")
-    assert turn.conversation_id not in (keep[0].conversation_id, gone[0].conversation_id)
+    assert turn.conversation_id != keep[0].conversation_id
+    assert [t.text for t in await store.history(KEY)] == ["hello again"]
 
 
 async def test_forget_and_prune_take_titles_feedback_and_votes(store: MemoryStore) -> None:

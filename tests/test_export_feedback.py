@@ -92,7 +92,7 @@ def test_feedback_rows_end_only_at_liked_answers(db: Path) -> None:
     ]  # fmt: skip  (the shorter liked path is inside the longer one; Lima follows a 👎)
     assert export_chats(db, ["web", "discord"], feedback=True).per_platform() == {"web": 1}
     # Without --feedback every answered path is exported as before.
-    assert export_chats(db, ["telegram"]).per_platform() == {"telegram": 5}
+    assert export_chats(db, ["telegram"]).per_platform() == {"telegram": 4}
 
 
 def test_preferences_from_votes_and_sibling_feedback(db: Path) -> None:
@@ -181,7 +181,7 @@ def test_trl_reads_the_exported_files(
     dpo = datasets.load_dataset("json", data_files=str(prefs), split="train", cache_dir=cache)
     assert dpo.column_names == ["prompt", "chosen", "rejected"]
     assert all(data_utils.is_conversational(row) for row in dpo)
-    rendered = dpo.map(data_utils.maybe_apply_chat_template, fn_kwargs={"tokenizer": tok})
+    rendered = dpo.map(data_utils.maybe_apply_chat_template, fn_kwargs={"processing_class": tok})
     first = rendered[0]
     assert first["prompt"] == "<|user|>What is a rainbow?<eos><|assistant|>"
     assert first["chosen"].startswith("Sunlight split by raindrops.")
