@@ -266,6 +266,7 @@ async def test_titles_are_one_clean_line_and_limited(service: ChatService) -> No
     assert await service.rename_conversation(key, conv.id, " My\n\x00 <b>trip</b> \t") == (
         "My <b>trip</b>"
     )
+    assert await service.rename_conversation(key, conv.id, "x\ud800y") == "x\ufffdy"
     assert await service.rename_conversation(key, conv.id, "   ") == "Hello there."
     with pytest.raises(InvalidInput, match="too long"):
         await service.rename_conversation(key, conv.id, "t" * 101)

@@ -95,6 +95,12 @@ async def test_list_resume_rename_download_delete(web: Served) -> None:
     assert md.startswith("# \\<img src=x onerror=alert(1)\\> \\*\\*Portugal\\*\\*\n")
     _, shown, *_ = await call(c.predict, str(older.id), "", bid, api_name="/rename_conversation")
     assert shown == "Tell me about Lisbon."
+    with pytest.raises(AppError, match="too long"):
+        await call(c.predict, str(older.id), "t" * 10_000, bid, api_name="/rename_conversation")
+    _, shown, *_ = await call(
+        c.predict, str(older.id), "a\x00b\u202e\nc", bid, api_name="/rename_conversation"
+    )
+    assert shown == "ab\u202e c"
 
     # Delete: gone from the list and the store; the chat starts afresh.
     listed, title, chat, _, _, note = await call(

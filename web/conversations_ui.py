@@ -12,6 +12,7 @@ The files live in a private temporary folder for a few minutes; Gradio serves it
 its cache, which ``delete_cache`` clears.
 """
 
+import atexit
 import contextlib
 import json
 import secrets
@@ -69,6 +70,7 @@ class DownloadFiles:
         with self._lock:
             if self._root is None or not self._root.is_dir():
                 self._root = Path(tempfile.mkdtemp(prefix="finechat-downloads-"))
+                atexit.register(shutil.rmtree, self._root, ignore_errors=True)
             root = self._root
         self.sweep()
         folder = root / secrets.token_hex(12)
