@@ -174,7 +174,7 @@ class LimitsConfig:
     tokens_per_day: int = 0
     """Completion tokens one person may receive in any rolling 24 hours."""
     settings_per_minute: int = 30
-    """Persona and settings changes one person may make in any rolling 60 seconds."""
+    """Persona and settings changes (and, on the web, renames, deletions and 👍/👎) one person may make in any rolling 60 seconds."""
 
 
 @dataclass(frozen=True)

@@ -748,8 +748,20 @@ class ChatService:
             raise InvalidInput("That conversation is no longer here.")
         return await self.store.history(key, self.chat_config.history_turns)
 
-    async def rename_conversation(self, key: str, conversation_id: int, title: str | None) -> str:
-        """Give a conversation a title (empty or None: the automatic one); the shown title."""
+    async def rename_conversation(
+        self,
+        key: str,
+        conversation_id: int,
+        title: str | None,
+        *,
+        person: str | None = None,
+        exempt: bool = False,
+    ) -> str:
+        """Give a conversation a title (empty or None: the automatic one); the shown title.
+
+        Renames, deletions and feedback count against ``person``'s
+        ``limits.settings_per_minute`` like persona changes (see :meth:`reply`).
+        """
         platform_of_key(key)
         clean = one_line(title) if isinstance(title, str) else ""
         if len(clean) > MAX_TITLE_CHARS:
@@ -757,26 +769,39 @@ class ChatService:
                 f"That title is too long ({len(clean):,} characters; the limit is "
                 f"{MAX_TITLE_CHARS})."
             )
+        await self._admit_write(key, person, exempt)
         if not await self.store.rename(key, conversation_id, clean or None):
             raise InvalidInput("That conversation is no longer here.")
         summary = await self.store.conversation_summary(key, conversation_id)
         return summary.title if summary else clean
 
-    async def delete_conversation(self, key: str, conversation_id: int) -> int:
+    async def delete_conversation(
+        self, key: str, conversation_id: int, *, person: str | None = None, exempt: bool = False
+    ) -> int:
         """Delete one of ``key``'s conversations for good; the number of messages deleted."""
         platform_of_key(key)
         if self.busy(key):
             raise ConversationBusy("Stop the answer in progress before deleting a conversation.")
+        await self._admit_write(key, person, exempt)
         removed = await self.store.delete_conversation(key, conversation_id)
         if removed is None:
             raise InvalidInput("That conversation is no longer here.")
         return removed
 
-    async def set_feedback(self, key: str, message_id: int, rating: int | None) -> None:
+    async def set_feedback(
+        self,
+        key: str,
+        message_id: int,
+        rating: int | None,
+        *,
+        person: str | None = None,
+        exempt: bool = False,
+    ) -> None:
         """Store 👍 (1), 👎 (-1) or no rating (None) on one of ``key``'s answers."""
         platform_of_key(key)
         if rating not in (1, -1, None):
             raise InvalidInput("Feedback is thumbs up (1), thumbs down (-1) or none.")
+        await self._admit_write(key, person, exempt)
         if not await self.store.set_feedback(key, message_id, rating):
             raise InvalidInput("That answer is no longer in my memory.")
 

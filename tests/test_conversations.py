@@ -340,3 +340,30 @@ def test_download_names_are_plain() -> None:
     assert safe_filename("Trip to Lisbon!", ".md") == "Trip-to-Lisbon.md"
     assert safe_filename("../../etc/passwd", ".json") == "etc-passwd.json"
     assert safe_filename("🙂", ".md") == "conversation.md"
+
+
+async def test_renames_deletions_and_feedback_count_as_settings_changes(
+    store: MemoryStore,
+) -> None:
+    from core.config import ChatConfig, GenerationConfig, LimitsConfig
+    from core.errors import LimitExceeded
+    from tests.fakes.scripted_engine import ScriptedEngine
+
+    limited = ChatService(
+        ScriptedEngine("Fine."),
+        store,
+        chat=ChatConfig(system_prompt="Be brief."),
+        generation=GenerationConfig(max_tokens=16),
+        limits=LimitsConfig(settings_per_minute=2, replies_per_minute=0),
+    )
+    key = "web:anon-" + "l" * 22
+    done = await limited.ask(key, "Hello.")
+    (conv,) = await limited.conversations(key)
+    assert done.message_id is not None
+    await limited.set_feedback(key, done.message_id, 1)
+    await limited.rename_conversation(key, conv.id, "Mine")
+    with pytest.raises(LimitExceeded):
+        await limited.delete_conversation(key, conv.id)
+    with pytest.raises(LimitExceeded):
+        await limited.rename_conversation(key, conv.id, "Other")
+    assert (await limited.conversations(key))[0].title == "Mine"  # nothing changed

@@ -285,7 +285,9 @@ class ChatHandlers:
             ):
                 raise InvalidInput("The conversation changed; reload the page and try again.")
             rating = _RATINGS[data.liked]
-            await self.service.set_feedback(ident.key, turn.id, rating)
+            await self.service.set_feedback(
+                ident.key, turn.id, rating, person=self.people.person(request, ident)
+            )
         except Exception as exc:
             user_error(exc)
         if rating is None:
@@ -422,7 +424,7 @@ def build_chat_tab(
     editing = gr.State(None)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=220, elem_id="conv-column"):
-            conv, conv_handlers = build_conversation_list(service)
+            conv, conv_handlers = build_conversation_list(service, people)
         with gr.Column(scale=3, min_width=320):
             chatbot = gr.Chatbot(
                 label=f"Chat with {model_label or service.model_name}",

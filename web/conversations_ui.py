@@ -32,7 +32,7 @@ from core.memory import ConversationSummary
 from core.service import ChatService
 from core.transcript import safe_filename
 from web.render import ChatMessage, escape_status, to_chat
-from web.ui_common import user_error, who
+from web.ui_common import People, user_error, who
 
 LIST_LIMIT = 100
 DOWNLOAD_TTL_S = 600.0
@@ -115,8 +115,14 @@ class ConversationControls:
 class ConversationHandlers:
     """Event handlers of the conversation list, bound to one :class:`ChatService`."""
 
-    def __init__(self, service: ChatService, downloads: DownloadFiles | None = None) -> None:
+    def __init__(
+        self,
+        service: ChatService,
+        people: People | None = None,
+        downloads: DownloadFiles | None = None,
+    ) -> None:
         self.service = service
+        self.people = people or People()
         self.downloads = downloads or DownloadFiles()
 
     async def _refresh(self, key: str) -> tuple[Any, str, Any, Any]:
@@ -184,7 +190,9 @@ class ConversationHandlers:
         try:
             if conv is None:
                 raise InvalidInput("There is no conversation to rename yet: send a message first.")
-            shown = await self.service.rename_conversation(ident.key, conv, title or None)
+            shown = await self.service.rename_conversation(
+                ident.key, conv, title or None, person=self.people.person(request, ident)
+            )
             listing, current, md, js = await self._refresh(ident.key)
         except Exception as exc:
             user_error(exc)
@@ -212,7 +220,9 @@ class ConversationHandlers:
         try:
             if conv is None:
                 raise InvalidInput("There is no conversation to delete.")
-            removed = await self.service.delete_conversation(ident.key, conv)
+            removed = await self.service.delete_conversation(
+                ident.key, conv, person=self.people.person(request, ident)
+            )
             turns = await self.service.history(ident.key)
             listing, title, md, js = await self._refresh(ident.key)
         except Exception as exc:
@@ -223,10 +233,10 @@ class ConversationHandlers:
 
 
 def build_conversation_list(
-    service: ChatService,
+    service: ChatService, people: People | None = None
 ) -> tuple[ConversationControls, ConversationHandlers]:
     """Lay out the list inside the current Blocks context (events are wired by the caller)."""
-    handlers = ConversationHandlers(service)
+    handlers = ConversationHandlers(service, people)
     listing = gr.Radio(
         choices=[],
         value=None,
