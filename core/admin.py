@@ -165,7 +165,7 @@ async def cmd_prune(config: Config, args: argparse.Namespace) -> int:
     print(
         f"deleted {report.conversations} conversations ({report.messages} messages), "
         f"{report.profiles} personas/settings and {report.votes} arena votes "
-        f"older than {args.older_than}"
+        f"older than {args.older_than} (titles and 👍/👎 went with their conversations)"
     )
     _wal_note(report.wal_truncated)
     return 0
@@ -179,7 +179,10 @@ async def cmd_forget(config: Config, args: argparse.Namespace) -> int:
     finally:
         await store.aclose()
     removed = report.messages
-    print(f"{key}: deleted {removed} messages, settings and persona, {report.votes} arena votes")
+    print(
+        f"{key}: deleted {removed} messages (with their 👍/👎), conversation titles, "
+        f"settings and persona, {report.votes} arena votes"
+    )
     if not (removed or report.conversations or report.profiles or report.votes):
         print(f"(nothing was stored for {key})", file=sys.stderr)
     _wal_note(report.wal_truncated)

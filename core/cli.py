@@ -88,6 +88,9 @@ def parser_and_commands() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
     add_admin_parsers(sub, _common)
     add_backup_parser(sub, _common)
+    from core.config_cli import add_parser as add_config_parser
+
+    add_config_parser(sub)  # config init / check / docs
     plugins = contributed(sub, ParserKit(common=_common, generation=_gen_options))
     return parser, plugins
 
@@ -242,7 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, plugins = parser_and_commands()
     args = parser.parse_args(argv)
     try:
-        _setup_logging(args.log_level)
+        _setup_logging(getattr(args, "log_level", None))
+        if args.command == "config":  # reads (or writes) the file itself
+            from core.config_cli import run as run_config
+
+            return run_config(args)
         plugin = plugins.get(args.command)
         if plugin is not None and plugin.direct is not None:  # own --config (a run file)
             return plugin.direct(args)

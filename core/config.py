@@ -55,15 +55,25 @@ class RemoteConfig:
     """
 
     base_url: str = ""
+    """Endpoint root such as ``http://127.0.0.1:8080/v1`` (empty: serve a local GGUF)."""
     model: str = ""
+    """Model id to request (empty: the one the endpoint lists first)."""
     api_key_env: str = "FINECHAT_REMOTE_API_KEY"
+    """Name of the environment variable that holds the endpoint's API key (the key itself never goes in this file)."""
     tokenizer: str = "auto"
+    """``auto`` (ask the endpoint to count tokens) or the path of a local GGUF to count them with."""
     connect_timeout: float = 5.0
+    """Seconds to wait for a connection to the endpoint."""
     read_timeout: float = 60.0
+    """Seconds to wait for the next piece of an answer."""
     retries: int = 2
+    """Retries of a request that failed with 429, 5xx or a connection error (0-10)."""
     backoff: float = 0.5
+    """Seconds before the first retry; doubled for each further one."""
     max_concurrent: int = 4
+    """Requests sent to the endpoint at once; more wait in line."""
     extended_sampling: bool = True
+    """Also send top_k and repeat_penalty (llama.cpp, vLLM and Ollama accept them; strict OpenAI servers may not)."""
     token_cache_mb: float = 16.0
     """Memory for remembered token counts of message bodies (history is re-counted each turn)."""
 
@@ -76,9 +86,13 @@ class LoggingConfig:
     """
 
     level: str = "warning"
+    """debug, info, warning, error or critical."""
     format: str = "text"
+    """``text`` for people, ``json`` (one object per line) for log collectors."""
     content: bool = False
+    """Also log message texts (off: the turn log has sizes and timings only)."""
     key_salt: str = ""
+    """Secret that keys the hash standing in for conversation keys in the turn log (empty: a random salt kept in the database)."""
 
 
 @dataclass(frozen=True)
@@ -89,14 +103,19 @@ class ModelConfig:
     """
 
     path: str = ""
+    """Local GGUF file to serve."""
     repo: str = ""
+    """Hugging Face repository to download the GGUF from (with ``file``), once, into the hub cache."""
     file: str = ""
+    """GGUF file name inside ``repo``."""
     revision: str = ""
+    """Branch, tag or commit of ``repo`` (empty: the default branch)."""
     n_ctx: int = 4096
     """Context of each conversation slot, in tokens."""
     n_threads: int = 0
     """0 = every core this process may use. Never run two engines on the same cores."""
     n_batch: int = 256
+    """Prompt tokens evaluated per llama.cpp batch."""
     name: str = ""
     """What users pick with ``/model`` (default: the GGUF's own name, or the table name)."""
     idle_unload_seconds: float = 900.0
@@ -116,11 +135,17 @@ class GenerationConfig:
     """Default sampling settings; a conversation may override them."""
 
     temperature: float = 0.7
+    """0 = always the most likely token; higher = more varied (0-5)."""
     top_p: float = 0.95
+    """Nucleus sampling: keep the smallest set of tokens whose probabilities add up to this (0-1]."""
     top_k: int = 40
+    """Keep only the k most likely tokens (0 = no limit)."""
     repeat_penalty: float = 1.1
+    """Penalty for repeating recent tokens (1 = none)."""
     max_tokens: int = 512
+    """Longest answer, in tokens (must be smaller than model.n_ctx)."""
     seed: int = -1
+    """Sampling seed (-1 = random each time)."""
 
 
 @dataclass(frozen=True)
@@ -128,8 +153,11 @@ class ChatConfig:
     """Conversation rules shared by every front-end."""
 
     system_prompt: str = "You are a helpful, concise assistant."
+    """The default persona (system prompt); a person may set their own."""
     max_input_chars: int = 16000
+    """Longest message a person may send, in characters."""
     history_turns: int = 200
+    """Most stored messages considered for the prompt (older ones are left out first)."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +174,7 @@ class LimitsConfig:
     tokens_per_day: int = 0
     """Completion tokens one person may receive in any rolling 24 hours."""
     settings_per_minute: int = 30
-    """Persona and settings changes one person may make in any rolling 60 seconds."""
+    """Persona and settings changes (and, on the web, renames, deletions and 👍/👎) one person may make in any rolling 60 seconds."""
 
 
 @dataclass(frozen=True)
@@ -154,22 +182,33 @@ class ApiConfig:
     """Request limits of the OpenAI-compatible API (``/v1``)."""
 
     max_body_bytes: int = 1_048_576
+    """Largest request body, in bytes; a bigger one is refused with 413."""
     max_messages: int = 64
+    """Most messages one request may carry."""
     max_tokens: int = 2048
     """The most ``max_tokens`` a request may ask for (also capped by the model's context)."""
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
+    """The SQLite memory: conversations, personas, settings, votes and feedback."""
+
     path: str = "finechat.sqlite"
+    """The SQLite file (created on first use; WAL mode, safe to copy with ``sqlite3 .backup``)."""
 
 
 @dataclass(frozen=True)
 class WebConfig:
+    """The web chat (Gradio page, arena, ``/healthz``, ``/metrics``, OpenAI-compatible API)."""
+
     enabled: bool = True
+    """Run the web chat in ``finechat serve``."""
     host: str = "127.0.0.1"
+    """Interface to listen on (``0.0.0.0`` = every interface; then set ``auth_file``)."""
     port: int = 7860
+    """TCP port."""
     root_path: str = ""
+    """URL prefix when served behind a reverse proxy (e.g. ``/finechat``)."""
     auth_file: str = ""
     """``user:password`` lines: the web chat asks for a login and keeps memory per user."""
     trusted_proxies: tuple[str, ...] = ()
@@ -181,21 +220,31 @@ class DiscordConfig:
     """The Discord bot (bots/discord/). Id lists are Discord snowflakes; empty = no limit."""
 
     enabled: bool = True
+    """Run the Discord bot in ``finechat serve`` when a token is set."""
     token_file: str = ""
+    """File holding the bot token (``DISCORD_BOT_TOKEN`` wins when set)."""
     token: Secret = field(default_factory=lambda: Secret(""))
+    """Only from ``DISCORD_BOT_TOKEN`` or ``token_file``, never from this file."""
     api_base_url: str = "https://discord.com/api/v10"
     """REST base (a Discord API proxy for shared rate limits, or a test fake)."""
     gateway_url: str = "wss://gateway.discord.gg/"
+    """Gateway websocket URL (a proxy, or a test fake)."""
     allowed_users: tuple[int, ...] = ()
+    """Only these users may talk to the bot (empty: everyone)."""
     blocked_users: tuple[int, ...] = ()
+    """Users the bot ignores, whatever the other rules say."""
     allowed_roles: tuple[int, ...] = ()
+    """Only members with one of these roles may talk to the bot (empty: any role)."""
     blocked_roles: tuple[int, ...] = ()
+    """Members with one of these roles are ignored."""
     allowed_channels: tuple[int, ...] = ()
-    """A thread inherits its parent channel's rule, a channel its category's."""
+    """The bot answers only in these channels (empty: all). A thread inherits its parent channel's rule, a channel its category's."""
     blocked_channels: tuple[int, ...] = ()
+    """Channels (or categories) where the bot never answers."""
     admin_ids: tuple[int, ...] = ()
     """Users who may use admin-only commands (/model); always allowed."""
     allow_dms: bool = True
+    """Answer direct messages."""
     guild_ids: tuple[int, ...] = ()
     """Guilds whose slash commands are synced on start (instant); empty = global sync."""
     auto_thread: bool = False
@@ -211,19 +260,29 @@ class TelegramConfig:
     """The Telegram bot (bots/telegram/). Id lists are Telegram ids; empty = no limit."""
 
     enabled: bool = True
+    """Run the Telegram bot in ``finechat serve`` when a token is set."""
     token_file: str = ""
+    """File holding the bot token (``TELEGRAM_BOT_TOKEN`` wins when set)."""
     token: Secret = field(default_factory=lambda: Secret(""))
+    """Only from ``TELEGRAM_BOT_TOKEN`` or ``token_file``, never from this file."""
     base_url: str = "https://api.telegram.org"
     """Bot API server root (a self-hosted telegram-bot-api, or a test fake); ``/bot`` is added."""
     allowed_user_ids: list[int] = field(default_factory=list)
+    """Only these users may talk to the bot (empty: everyone)."""
+    blocked_user_ids: list[int] = field(default_factory=list)
+    """Users the bot ignores, even when an allow list names them."""
     allowed_chat_ids: list[int] = field(default_factory=list)
+    """Groups the bot answers in (empty: every group it is added to)."""
     admin_ids: list[int] = field(default_factory=list)
+    """Users who may use admin-only commands (/model); always allowed."""
     allow_private: bool = True
+    """Answer in private chats."""
     edit_interval: float = 1.0
     """Seconds between message edits in a private chat."""
     group_edit_interval: float = 3.0
     """Seconds between message edits in a group (Telegram allows ~20 messages a minute)."""
     typing_interval: float = 4.0
+    """Seconds between "typing…" signals while an answer is being prepared."""
     reply_timeout: float = 600.0
     """Seconds a reply may take (queue included) before the person gets an apology."""
     poll_timeout: int = 30
@@ -373,6 +432,18 @@ def _validate(cfg: Config) -> None:
         (
             cfg.discord.gateway_url.startswith(("ws://", "wss://")),
             "discord.gateway_url: must be a ws(s) URL",
+        ),
+        (
+            cfg.telegram.base_url.startswith(("http://", "https://")),
+            "telegram.base_url: must start with http:// or https://",
+        ),
+        *(
+            (getattr(cfg.telegram, key) > 0, f"telegram.{key}: must be greater than 0")
+            for key in ("edit_interval", "group_edit_interval", "typing_interval", "reply_timeout")
+        ),
+        (
+            0 <= cfg.telegram.poll_timeout <= 600,
+            "telegram.poll_timeout: must be between 0 and 600 seconds",
         ),
         (
             not (cfg.model.repo and not cfg.model.file),

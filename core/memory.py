@@ -99,8 +99,13 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX usage_person ON usage(person, kind, at);
     CREATE INDEX usage_at ON usage(at);
     """,
-    # v5: reserved for the web conversation list and feedback (issue 16).
-    "",
+    # v5: conversation titles (NULL = automatic, from the first user message) and feedback on
+    # answers (1 = thumbs up, -1 = thumbs down). Both live in rows that forget/prune delete.
+    """
+    ALTER TABLE conversations ADD COLUMN title TEXT;
+    ALTER TABLE messages ADD COLUMN feedback INTEGER CHECK (feedback IN (-1, 1));
+    CREATE INDEX messages_feedback ON messages(feedback) WHERE feedback IS NOT NULL;
+    """,
     # v6: every platform message an answer was delivered as (a long answer is several
     # messages; a reply to any of them continues that turn). Earlier answers keep the one
     # id they had.
@@ -138,6 +143,45 @@ class Turn:
     created_at: float
     platform_message_id: str | None = None
     model: str | None = None
+    feedback: int | None = None
+    """On an answer: 1 (thumbs up), -1 (thumbs down) or None."""
+
+
+MAX_TITLE_CHARS = 100
+AUTO_TITLE_CHARS = 60
+
+
+def auto_title(first_user_text: str | None) -> str:
+    """A conversation's automatic title: its first user message on one line, cut short."""
+    text = " ".join((first_user_text or "").split())
+    if not text:
+        return "New conversation"
+    if len(text) <= AUTO_TITLE_CHARS:
+        return text
+    cut = text[:AUTO_TITLE_CHARS].rsplit(" ", 1)[0] if " " in text[:AUTO_TITLE_CHARS] else ""
+    return (cut if len(cut) >= AUTO_TITLE_CHARS // 2 else text[:AUTO_TITLE_CHARS]) + "…"
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    """One conversation in a person's list (newest activity first)."""
+
+    id: int
+    key: str
+    custom_title: str | None
+    """The title the person gave it, or None for the automatic one."""
+    first_user_text: str
+    """The start of its first user message (at most 200 characters)."""
+    created_at: float
+    updated_at: float
+    """When its newest message was written."""
+    messages: int
+    active: bool
+    """The conversation new messages go to."""
+
+    @property
+    def title(self) -> str:
+        return self.custom_title or auto_title(self.first_user_text)
 
 
 @dataclass(frozen=True)
@@ -208,7 +252,8 @@ def _turn(row: Iterable[Any]) -> Turn:
 
 
 _TURN_COLUMNS = (
-    "id, conversation_id, role, text, tokens, parent_id, created_at, platform_message_id, model"
+    "id, conversation_id, role, text, tokens, parent_id, created_at, platform_message_id, model,"
+    " feedback"
 )
 
 _M_TURN_COLUMNS = ", ".join("m." + c.strip() for c in _TURN_COLUMNS.split(","))
@@ -272,6 +317,32 @@ class MemoryStore:
         for target in range(version, SCHEMA_VERSION):
             await self._db.executescript(
                 "BEGIN;\n" + _MIGRATIONS[target] + f"\nPRAGMA user_version={target + 1};\nCOMMIT;"
+            )
+        await self._repair_v5()
+
+    async def _repair_v5(self) -> None:
+        """Add v5's columns where a build with an empty v5 placeholder skipped them.
+
+        Databases upgraded while v5 was reserved (an empty migration) are at v6 without the
+        title and feedback columns; they get them here, once, with nothing else changed.
+        """
+        missing: list[str] = []
+        for table, column, ddl in (
+            ("conversations", "title", "ALTER TABLE conversations ADD COLUMN title TEXT"),
+            (
+                "messages",
+                "feedback",
+                "ALTER TABLE messages ADD COLUMN feedback INTEGER CHECK (feedback IN (-1, 1))",
+            ),
+        ):
+            async with self._db.execute(f"PRAGMA table_info({table})") as cur:
+                if column not in {str(r[1]) for r in await cur.fetchall()}:
+                    missing.append(ddl + ";")
+        if missing:
+            log.warning("adding the conversation title and feedback columns (schema v5)")
+            await self._db.executescript(
+                "BEGIN;\n" + "\n".join(missing) + "\nCREATE INDEX IF NOT EXISTS messages_feedback"
+                " ON messages(feedback) WHERE feedback IS NOT NULL;\nCOMMIT;"
             )
 
     async def aclose(self) -> None:
@@ -568,6 +639,131 @@ class MemoryStore:
         assert row is not None
         return {"messages": int(row[0]), "tokens": int(row[1]), "replies": int(row[2])}
 
+    # -- a person's conversation list (web sidebar, /export) -------------------------------
+
+    async def list_conversations(
+        self, key: str, limit: int = 200, *, only: int | None = None
+    ) -> list[ConversationSummary]:
+        """``key``'s conversations that have messages, newest activity first."""
+        active = await self.active_conversation(key, create=False)
+        sql = f"""
+            SELECT c.id, c.key, c.title,
+                   (SELECT substr(u.text, 1, 200) FROM messages u
+                    WHERE u.conversation_id = c.id AND u.role = 'user' ORDER BY u.id LIMIT 1),
+                   c.created_at, MAX(m.created_at), COUNT(m.id)
+            FROM conversations c JOIN messages m ON m.conversation_id = c.id
+            WHERE c.key = ? {"AND c.id = ?" if only is not None else ""}
+            GROUP BY c.id ORDER BY MAX(m.created_at) DESC, c.id DESC LIMIT ?
+        """
+        params = (key, only, max(0, limit)) if only is not None else (key, max(0, limit))
+        async with self._db.execute(sql, params) as cur:
+            rows = await cur.fetchall()
+        return [
+            ConversationSummary(
+                id=int(r[0]),
+                key=str(r[1]),
+                custom_title=r[2],
+                first_user_text=r[3] or "",
+                created_at=float(r[4]),
+                updated_at=float(r[5]),
+                messages=int(r[6]),
+                active=int(r[0]) == active,
+            )
+            for r in rows
+        ]
+
+    async def conversation_summary(
+        self, key: str, conversation_id: int
+    ) -> ConversationSummary | None:
+        """One of ``key``'s conversations (None when it is not theirs or has no messages)."""
+        found = await self.list_conversations(key, limit=1, only=conversation_id)
+        return found[0] if found else None
+
+    async def owns(self, key: str, conversation_id: int) -> bool:
+        async with self._db.execute(
+            "SELECT 1 FROM conversations WHERE id = ? AND key = ?", (conversation_id, key)
+        ) as cur:
+            return await cur.fetchone() is not None
+
+    async def conversation_turns(self, key: str, conversation_id: int) -> list[Turn] | None:
+        """Every message of one of ``key``'s conversations, all branches, oldest first."""
+        if not await self.owns(key, conversation_id):
+            return None
+        async with self._db.execute(
+            f"SELECT {_TURN_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY id",
+            (conversation_id,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_turn(r) for r in rows]
+
+    async def resume(self, key: str, conversation_id: int) -> bool:
+        """Make one of ``key``'s conversations the active one again (False: not theirs)."""
+        if not await self.owns(key, conversation_id):
+            return False
+        await self._db.execute(
+            "UPDATE conversations SET ended_at = ? WHERE key = ? AND ended_at IS NULL AND id != ?",
+            (time.time(), key, conversation_id),
+        )
+        await self._db.execute(
+            "UPDATE conversations SET ended_at = NULL WHERE id = ?", (conversation_id,)
+        )
+        await self._db.commit()
+        return True
+
+    async def rename(self, key: str, conversation_id: int, title: str | None) -> bool:
+        """Set a conversation's title (None: back to the automatic one); False: not theirs."""
+        cur = await self._db.execute(
+            "UPDATE conversations SET title = ? WHERE id = ? AND key = ?",
+            (title, conversation_id, key),
+        )
+        await self._db.commit()
+        return (cur.rowcount or 0) > 0
+
+    async def delete_conversation(self, key: str, conversation_id: int) -> int | None:
+        """Delete one of ``key``'s conversations with its messages; None when not theirs.
+
+        Returns the number of messages deleted; pages are zeroed and the WAL truncated, as
+        for :meth:`forget`.
+        """
+        if not await self.owns(key, conversation_id):
+            return None
+        cur = await self._db.execute(
+            "DELETE FROM messages WHERE conversation_id = ?", (conversation_id,)
+        )
+        removed = cur.rowcount or 0
+        await self._db.execute(
+            "DELETE FROM conversations WHERE id = ? AND key = ?", (conversation_id, key)
+        )
+        await self._db.commit()
+        await self._checkpoint()
+        return removed
+
+    async def set_feedback(self, key: str, message_id: int, value: int | None) -> bool:
+        """Store 👍 (1), 👎 (-1) or nothing (None) on one of ``key``'s answers."""
+        if value not in (1, -1, None):
+            raise ValueError(f"feedback must be 1, -1 or None, not {value!r}")
+        cur = await self._db.execute(
+            "UPDATE messages SET feedback = ? WHERE id = ? AND role = 'assistant'"
+            " AND conversation_id IN (SELECT id FROM conversations WHERE key = ?)",
+            (value, message_id, key),
+        )
+        await self._db.commit()
+        return (cur.rowcount or 0) > 0
+
+    async def person_keys(self, platform: str, user_id: str) -> list[str]:
+        """Keys of one person on one platform: ``platform:user`` and ``platform:PLACE:user``.
+
+        Telegram and Discord keys are ``platform:chat:user``, one per chat, so a person's data
+        spreads over several keys (their private chat and every group).
+        """
+        async with self._db.execute(
+            "SELECT DISTINCT key FROM conversations WHERE key = ? OR key LIKE ? ESCAPE '\\'"
+            " ORDER BY key",
+            (f"{platform}:{user_id}", _like_prefix(platform + ":") + _like_escape(":" + user_id)),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [str(r[0]) for r in rows if str(r[0]).rsplit(":", 1)[-1] == user_id]
+
     # -- profiles --------------------------------------------------------------------------
 
     async def get_profile(self, key: str) -> Profile:
@@ -610,7 +806,8 @@ class MemoryStore:
         return (await self.forget_report(key)).messages
 
     async def forget_report(self, key: str) -> Deletion:
-        """Delete all of ``key``'s data: conversations, messages, profile, arena votes.
+        """Delete all of ``key``'s data: conversations (with their titles), messages (with their
+        👍/👎), profile, arena votes.
 
         Sub-conversations named ``key#...`` (the web arena's ``key#arena-a``) go too. Deleted
         pages are zeroed (``secure_delete``) and the WAL is truncated, so the text does not
@@ -687,8 +884,8 @@ class MemoryStore:
         the profiles (persona, settings) of keys left without any conversation and arena votes
         older than ``before``.
 
-        A conversation's activity is its newest message (or its creation when empty); a profile
-        changed since ``before`` is kept.
+        A conversation's activity is its newest message (or its creation when empty); its title
+        and the feedback on its answers go with it. A profile changed since ``before`` is kept.
         """
         old = (
             "SELECT c.id FROM conversations c WHERE COALESCE("
@@ -824,8 +1021,12 @@ class MemoryStore:
         ]
 
 
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _like_prefix(prefix: str) -> str:
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return _like_escape(prefix) + "%"
 
 
 def _ensure_parent(path: str) -> None:

@@ -27,11 +27,12 @@ from core.errors import (
     LimitExceeded,
 )
 from core.limits import NO_TICKET, Limiter, Ticket, person_of_key
-from core.memory import MemoryStore, Turn, platform_of
+from core.memory import MAX_TITLE_CHARS, ConversationSummary, MemoryStore, Turn, platform_of
 from core.observe import TurnObserver, TurnRecord, notify, outcome_of
 from core.prompt import build_prompt
 from core.template import Message
-from core.textcheck import clean_user_text
+from core.textcheck import clean_user_text, one_line
+from core.transcript import conversation_json, conversation_markdown, conversations_markdown
 
 if TYPE_CHECKING:
     from core.models import ModelRegistry
@@ -490,6 +491,82 @@ class ChatService:
             total_seconds=result.total_seconds,
         )
 
+    async def edit(
+        self,
+        key: str,
+        text: str | bytes,
+        *,
+        message_id: int | None = None,
+        settings: Mapping[str, Any] | None = None,
+        person: str | None = None,
+        exempt: bool = False,
+    ) -> AsyncIterator[ReplyEvent]:
+        """Replace a user message with ``text`` and answer it, as a new branch.
+
+        The new message gets the old one's parent, so the old message and everything after it
+        stay on disk as another branch (the web chat's edit; the Markdown export shows both).
+        ``message_id`` defaults to the last user message of the active conversation; an older
+        conversation's message makes that conversation the active one. An edit is a reply: it
+        counts against ``person``'s limits as :meth:`reply` does.
+        """
+        admission = _Admission(self, key, person, exempt)
+        inner = self._edit(key, text, message_id, settings, admission)
+        observed = self._observed(key, "edit", text, inner)
+        try:
+            async for event in observed:
+                yield event
+        finally:
+            await observed.aclose()
+
+    async def _edit(
+        self,
+        key: str,
+        text: str | bytes,
+        message_id: int | None,
+        settings: Mapping[str, Any] | None,
+        admission: _Admission,
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        platform_of_key(key)
+        clean = clean_user_text(text, max_chars=self.chat_config.max_input_chars)
+        claim = self._claim(key)
+        try:
+            old = await self._editable(key, message_id)
+            ticket = await admission.admit()
+            _, engine = await self._engine_for(key)
+            n_user = len(await engine.tokenize(clean))
+            if claim.cancel.is_set():  # stopped (or forgotten) before anything was stored
+                raise InvalidInput(CANCELLED_EARLY)
+            await self.store.resume(key, old.conversation_id)
+            user_turn = await self.store.add_message(
+                key,
+                "user",
+                clean,
+                tokens=n_user,
+                parent_id=old.parent_id,
+                conversation_id=old.conversation_id,
+            )
+            async for event in self._generate(
+                key, user_turn, settings, claim.cancel, fresh=True, ticket=ticket
+            ):
+                yield event
+        finally:
+            await admission.close()
+            self._release(key, claim)
+
+    async def _editable(self, key: str, message_id: int | None) -> Turn:
+        if message_id is None:
+            history = await self.store.history(key, limit=self.chat_config.history_turns)
+            last = next((t for t in reversed(history) if t.role == "user"), None)
+            if last is None:
+                raise InvalidInput("There is no message to edit yet.")
+            return last
+        turn = await self.store.get_message(message_id)
+        if turn is None or turn.role != "user":
+            raise InvalidInput("That message is no longer in my memory.")
+        if await self.store.conversation_key(turn.conversation_id) != key:
+            raise InvalidInput("That message belongs to another conversation.")
+        return turn
+
     async def ask(self, key: str, text: str | bytes, **kwargs: Any) -> Done:
         """Reply without streaming: the final :class:`Done`."""
         done: Done | None = None
@@ -656,6 +733,120 @@ class ChatService:
         "is this message one of ours" when the platform cannot tell."""
         found = await self.store.find_delivery(platform_message_id, key_prefix=key_prefix)
         return found is not None
+
+    # -- the conversation list, feedback and personal exports -------------------------------
+
+    async def conversations(self, key: str, limit: int = 200) -> list[ConversationSummary]:
+        """``key``'s conversations, newest activity first (empty ones are not listed)."""
+        platform_of_key(key)
+        return await self.store.list_conversations(key, limit)
+
+    async def open_conversation(self, key: str, conversation_id: int) -> list[Turn]:
+        """Make one of ``key``'s conversations the active one; its current branch."""
+        platform_of_key(key)
+        if not await self.store.resume(key, conversation_id):
+            raise InvalidInput("That conversation is no longer here.")
+        return await self.store.history(key, self.chat_config.history_turns)
+
+    async def rename_conversation(
+        self,
+        key: str,
+        conversation_id: int,
+        title: str | None,
+        *,
+        person: str | None = None,
+        exempt: bool = False,
+    ) -> str:
+        """Give a conversation a title (empty or None: the automatic one); the shown title.
+
+        Renames, deletions and feedback count against ``person``'s
+        ``limits.settings_per_minute`` like persona changes (see :meth:`reply`).
+        """
+        platform_of_key(key)
+        clean = one_line(title) if isinstance(title, str) else ""
+        if len(clean) > MAX_TITLE_CHARS:
+            raise InvalidInput(
+                f"That title is too long ({len(clean):,} characters; the limit is "
+                f"{MAX_TITLE_CHARS})."
+            )
+        await self._admit_write(key, person, exempt)
+        if not await self.store.rename(key, conversation_id, clean or None):
+            raise InvalidInput("That conversation is no longer here.")
+        summary = await self.store.conversation_summary(key, conversation_id)
+        return summary.title if summary else clean
+
+    async def delete_conversation(
+        self, key: str, conversation_id: int, *, person: str | None = None, exempt: bool = False
+    ) -> int:
+        """Delete one of ``key``'s conversations for good; the number of messages deleted."""
+        platform_of_key(key)
+        if self.busy(key):
+            raise ConversationBusy("Stop the answer in progress before deleting a conversation.")
+        await self._admit_write(key, person, exempt)
+        removed = await self.store.delete_conversation(key, conversation_id)
+        if removed is None:
+            raise InvalidInput("That conversation is no longer here.")
+        return removed
+
+    async def set_feedback(
+        self,
+        key: str,
+        message_id: int,
+        rating: int | None,
+        *,
+        person: str | None = None,
+        exempt: bool = False,
+    ) -> None:
+        """Store 👍 (1), 👎 (-1) or no rating (None) on one of ``key``'s answers."""
+        platform_of_key(key)
+        if rating not in (1, -1, None):
+            raise InvalidInput("Feedback is thumbs up (1), thumbs down (-1) or none.")
+        await self._admit_write(key, person, exempt)
+        if not await self.store.set_feedback(key, message_id, rating):
+            raise InvalidInput("That answer is no longer in my memory.")
+
+    async def _conversation(
+        self, key: str, conversation_id: int
+    ) -> tuple[ConversationSummary, list[Turn]]:
+        platform_of_key(key)
+        summary = await self.store.conversation_summary(key, conversation_id)
+        turns = await self.store.conversation_turns(key, conversation_id)
+        if summary is None or turns is None:
+            raise InvalidInput("That conversation is no longer here.")
+        return summary, turns
+
+    async def conversation_markdown(self, key: str, conversation_id: int) -> str:
+        """One conversation, all branches, as Markdown (the web chat's download)."""
+        return conversation_markdown(*await self._conversation(key, conversation_id))
+
+    async def conversation_json(self, key: str, conversation_id: int) -> dict[str, Any]:
+        """One conversation, all branches, as a JSON-ready dict (the web chat's download)."""
+        summary, turns = await self._conversation(key, conversation_id)
+        leaf = await self.store.leaf(conversation_id)
+        return conversation_json(summary, turns, leaf.id if leaf else None)
+
+    async def person_keys(self, platform: str, user_id: str | int) -> list[str]:
+        """Every key of one person on a platform (each chat they talk in has its own)."""
+        return await self.store.person_keys(platform, str(user_id))
+
+    async def export_markdown(
+        self, keys: str | Sequence[str], *, title: str = "Your conversations"
+    ) -> str:
+        """All conversations of ``keys``, all branches, newest first, as one Markdown file.
+
+        For the bots' ``/export``: ``await service.export_markdown(await
+        service.person_keys("telegram", user_id))`` covers the person's private chat and every
+        group they talked to the bot in.
+        """
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        items: list[tuple[ConversationSummary, list[Turn]]] = []
+        for key in keys:
+            platform_of_key(key)
+            for summary in await self.store.list_conversations(key, limit=1_000_000):
+                turns = await self.store.conversation_turns(key, summary.id)
+                items.append((summary, turns or []))
+        items.sort(key=lambda item: item[0].updated_at, reverse=True)
+        return conversations_markdown(items, title=title)
 
     async def stats(
         self, key: str, *, person: str | None = None, exempt: bool = False

@@ -81,3 +81,8 @@ class StreamCleaner:
     def flush(self) -> str:
         held, self._held = self._held, ""
         return clean_model_text(held)
+
+
+def one_line(raw: str) -> str:
+    """``raw`` on one line (titles): control characters dropped, whitespace runs made one space."""
+    return " ".join(_CONTROL.sub("", _SURROGATE.sub("\ufffd", raw)).split())

@@ -8,6 +8,8 @@ Playwright's own browser download is never used: the system Chromium is launched
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import sqlite3
@@ -193,3 +195,129 @@ async def test_arena_streams_both_sides_and_records_a_vote(
             '{"temperature": 1.0}',
         )
     ]
+
+
+async def wait_status(page: playwright_api.Page, before: str, has: str = "tok/s") -> str:
+    """Wait until the status line changed from ``before`` and contains ``has``."""
+    await page.wait_for_function(
+        "([before, has]) => { const t = document.querySelector('#chat-status').innerText;"
+        " return t !== before && t.includes(has); }",
+        arg=[before, has],
+    )
+    return await page.locator("#chat-status").inner_text()
+
+
+def conv_rows(db: str, key: str) -> list[tuple[int, str | None]]:
+    with sqlite3.connect(db) as con:
+        return con.execute(
+            "SELECT id, title FROM conversations WHERE key = ? ORDER BY id", (key,)
+        ).fetchall()
+
+
+async def test_conversation_list_rename_delete_edit_and_thumbs_up(
+    page: playwright_api.Page, web: Served
+) -> None:
+    status = page.locator("#chat-status")
+    await send(page, "Plan a picnic")
+    await wait_answered(page, 1)
+    # The browser id is stored encrypted; find the visitor's key from the database instead.
+    with sqlite3.connect(web.store.path) as con:
+        key = con.execute(
+            "SELECT c.key FROM conversations c JOIN messages m ON m.conversation_id = c.id"
+            " WHERE m.text = 'Plan a picnic'"
+        ).fetchone()[0]
+
+    # 👍 on the answer is stored with the message.
+    before = await status.inner_text()
+    await page.locator('#chatbot button[aria-label="Like"]').first.click()
+    await wait_status(page, before, "saved")
+    liked = await web.service.history(key)
+    assert liked[-1].role == "assistant" and liked[-1].feedback == 1
+    await page.reload()  # the stored 👍 shows again
+    await page.locator('#chatbot button[aria-label="Liked"]').wait_for()
+
+    # Edit the last message: the box gets its exact text; sending makes a new branch.
+    await page.locator("#chat-edit").click()
+    box = page.locator("#chat-input textarea")
+    await page.wait_for_function(
+        "() => document.querySelector('#chat-input textarea').value === 'Plan a picnic'"
+    )
+    await status.filter(has_text="Editing").wait_for()
+    before = await status.inner_text()
+    await box.fill("Plan a picnic for two")
+    await box.press("Enter")
+    await wait_status(page, before)
+    users = page.locator('#chatbot [data-testid="user"]')
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#chatbot [data-testid=\"user\"]').length === 1"
+    )
+    assert (await users.first.inner_text()).strip() == "Plan a picnic for two"
+    texts = [t.text for t in await web.store.all_messages(key) if t.role == "user"]
+    assert texts == ["Plan a picnic", "Plan a picnic for two"]  # the old one stays, a branch
+    await page.locator("#chat-edit").filter(has_text="Edit last message").wait_for()
+
+    # A second conversation with a hostile first message: its title is shown as text.
+    await page.locator("#chat-new").click()
+    await page.locator('#chatbot [data-testid="user"]').first.wait_for(state="detached")
+    attack = '<img src=x onerror="window.__pwned=1"> <b>Second</b> chat'
+    before = await status.inner_text()
+    await send(page, attack)
+    await wait_status(page, before)
+    labels = page.locator("#conv-list label")
+    await page.wait_for_function("() => document.querySelectorAll('#conv-list label').length === 2")
+    assert [(await labels.nth(i).inner_text()).strip() for i in range(2)] == [
+        attack,
+        "Plan a picnic",
+    ]  # newest first
+    assert await page.locator("#conv-list img, #conv-list b").count() == 0
+    assert await page.evaluate("window.__pwned") is None
+
+    # Resume the first conversation from the list.
+    await labels.filter(has_text="Plan a picnic").click()
+    await page.locator("#conv-note").filter(has_text="Opened").wait_for()
+    await users.first.filter(has_text="Plan a picnic for two").wait_for()
+    title = page.locator("#conv-title input, #conv-title textarea").first
+    assert await title.input_value() == "Plan a picnic"
+
+    # Rename it.
+    await title.fill("Picnic plans — Saturday")
+    await page.locator("#conv-rename").click()
+    await page.locator("#conv-note").filter(has_text="Renamed").wait_for()
+    await labels.filter(has_text="Picnic plans").wait_for()
+    assert ("Picnic plans — Saturday") in [t for _, t in conv_rows(web.store.path, key)]
+
+    # Download it as Markdown: both branches, the 👍, the exact text.
+    async with page.expect_download() as info:
+        await page.locator("#conv-download-md").click()
+    download = await info.value
+    md = await asyncio.to_thread(Path(await download.path()).read_text, encoding="utf-8")
+    assert download.suggested_filename == "Picnic-plans-Saturday.md"
+    assert md.startswith("# Picnic plans — Saturday\n")
+    assert "```text\nPlan a picnic\n```" in md and "```text\nPlan a picnic for two\n```" in md
+    assert "👍" in md and "another branch, from the start" in md
+    async with page.expect_download() as info:
+        await page.locator("#conv-download-json").click()
+    saved = Path(await (await info.value).path())
+    data = json.loads(await asyncio.to_thread(saved.read_text, encoding="utf-8"))
+    assert next(m["feedback"] for m in data["messages"] if m["role"] == "assistant") == "up"
+
+    # 👍 on the resumed conversation's answer too; the thumb shows as chosen.
+    before = await status.inner_text()
+    await page.locator('#chatbot button[aria-label="Like"]').first.click()
+    await wait_status(page, before, "saved")
+    await page.locator('#chatbot button[aria-label="Liked"]').first.wait_for()
+    assert (await web.service.history(key))[-1].feedback == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "web-conversations.png"), full_page=True)
+
+    # Delete it (after a confirmation): gone from the list, the page and the database.
+    await page.locator("#conv-delete").click()
+    await page.locator("#conv-confirm-delete").click()
+    await page.locator("#conv-note").filter(has_text="Deleted").wait_for()
+    await page.wait_for_function("() => document.querySelectorAll('#conv-list label').length === 1")
+    assert (await labels.first.inner_text()).strip() == attack
+    assert await page.locator('#chatbot [data-testid="user"]').count() == 0
+    assert [t for _, t in conv_rows(web.store.path, key)] == [None]
+    with sqlite3.connect(web.store.path) as con:
+        left = con.execute("SELECT COUNT(*) FROM messages WHERE text LIKE 'Plan a picnic%'")
+        assert left.fetchone() == (0,)

@@ -93,6 +93,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--min-turns", type=int, default=2, help="skip shorter conversations (default 2)"
     )
+    from training.chats import add_mode_options
+
+    add_mode_options(p)  # --feedback, --preferences
     p.add_argument("--log-level", default=None)
 
 
@@ -186,14 +189,9 @@ def _export(run_dir: Path, args: argparse.Namespace) -> int:
 
 
 def _export_chats(args: argparse.Namespace) -> int:
-    from training.chats import export_chats
-    from training.data import write_jsonl
+    from training.chats import run_export
 
-    exported = export_chats(args.db, args.platform.split(","), min_turns=args.min_turns)
-    n = write_jsonl(args.out, (conv for _, conv in exported.rows))
-    counts = ", ".join(f"{k} {v}" for k, v in exported.per_platform().items()) or "none"
-    print(f"wrote {n} conversations to {args.out} ({counts}); keys and user ids dropped")
-    return 0
+    return run_export(args)
 
 
 def _f(value: float | None) -> str:

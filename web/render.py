@@ -62,6 +62,25 @@ def to_chat(turns: Iterable[Turn]) -> list[ChatMessage]:
     return [message(t.role, t.text) for t in turns if t.role in ("user", "assistant")]
 
 
+def feedback_values(turns: Iterable[Turn]) -> list[str | None]:
+    """The Chatbot's ``feedback_value``: per shown answer, "Like", "Dislike" or None."""
+    names = {1: "Like", -1: "Dislike"}
+    return [names.get(t.feedback or 0) for t in turns if t.role == "assistant"]
+
+
+def message_text(value: Any) -> str:
+    """The text of a message as the browser sends it back (a string, parts, or a list of them)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        if value.get("type") == "text":
+            return str(value.get("text", ""))
+        return message_text(value.get("content", ""))
+    if isinstance(value, list | tuple):
+        return "".join(message_text(v) for v in value)
+    return ""
+
+
 def speed(completion_tokens: int, ttft: float | None, total: float) -> float | None:
     """Decode speed in tokens/s: tokens after the first over the time after the first."""
     if completion_tokens <= 0 or total <= 0:

@@ -31,6 +31,8 @@ from web.arena import build_arena_tab, wire_leaderboard
 from web.chat_ui import build_chat_tab, wire_load
 from web.clients import parse_networks, resolve_client
 from web.identity import login_problem
+from web.model_label import page_model_name
+from web.render import user_markdown
 from web.ui_common import People
 
 log = logging.getLogger("finechat.web")
@@ -41,6 +43,7 @@ log = logging.getLogger("finechat.web")
 BROWSER_STORAGE_KEY = "finechat-browser-id"
 _BROWSER_SECRET = "finechat-browser-state-v1"
 START_TIMEOUT_S = 60.0
+DOWNLOAD_CACHE_S = 600
 STOP_TIMEOUT_S = 5
 
 THEME = gr.themes.Soft(
@@ -50,6 +53,9 @@ THEME = gr.themes.Soft(
 )
 CSS = """
 #chat-status, #arena-stats-a, #arena-stats-b { min-height: 1.5em; font-size: 0.9em; opacity: 0.85; }
+#conv-list .wrap { flex-direction: column; align-items: stretch; gap: 2px; }
+#conv-list label { overflow-wrap: anywhere; }
+#conv-note { min-height: 1.5em; font-size: 0.9em; }
 footer { display: none !important; }
 """
 
@@ -68,18 +74,24 @@ def build_blocks(
 ) -> gr.Blocks:
     """The page: a chat tab and an arena tab sharing one anonymous browser id."""
     people = People(parse_networks((web or WebConfig()).trusted_proxies))
-    with gr.Blocks(title="finechat", analytics_enabled=False, fill_width=False) as demo:
+    label = page_model_name(service)
+    with gr.Blocks(
+        title="finechat",
+        analytics_enabled=False,
+        fill_width=False,
+        delete_cache=(DOWNLOAD_CACHE_S, DOWNLOAD_CACHE_S),  # conversation downloads
+    ) as demo:
         browser_state = gr.BrowserState(
             None, storage_key=BROWSER_STORAGE_KEY, secret=_BROWSER_SECRET
         )
         with gr.Row(equal_height=True):
-            gr.Markdown(f"## finechat · `{service.model_name}`")
+            gr.Markdown(f"## finechat · {user_markdown(label)}", elem_id="page-title")
             if oauth:
                 gr.LoginButton(size="sm", scale=0)
         who_line = gr.Markdown("", elem_id="who")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                controls = build_chat_tab(service, browser_state, people)
+                controls = build_chat_tab(service, browser_state, people, label)
             with gr.Tab("Arena", id="arena"):
                 table = build_arena_tab(service, browser_state, people)
         wire_load(demo, service, browser_state, controls, who_line, people)
